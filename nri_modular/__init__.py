@@ -1,0 +1,1 @@
+"""nri_modular: neural relational inference as modular meta-learning, in JAX."""
