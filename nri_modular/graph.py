@@ -69,3 +69,39 @@ def edges_to_matrix(edges: np.ndarray, num_nodes: int, fill=0) -> np.ndarray:
     out = np.full(edges.shape[:-1] + (num_nodes, num_nodes), fill, dtype=edges.dtype)
     out[..., receivers, senders] = edges
     return out
+
+
+def tasks_to_graphs(states, structure):
+    """Super-graph of ``B`` complete task graphs (one ``GraphsTuple``, jraph's batching).
+
+    Args:
+      states: ``[B, n, d]`` node states of each task.
+      structure: int ``[B, n(n-1)]`` module index per directed edge (receiver-major).
+
+    Returns:
+      ``jraph.GraphsTuple`` with ``nodes [B*n, d]``, ``edges [B*n(n-1)]`` (module indices),
+      and senders/receivers offset per task.
+    """
+    import jax.numpy as jnp
+    import jraph
+
+    b, n = states.shape[0], states.shape[1]
+    e = num_edges(n)
+    if structure.shape != (b, e):
+        raise ValueError(f"structure must be [{b}, {e}] for {b} tasks of {n} nodes")
+    receivers, senders = edge_index(n)
+    offsets = (np.arange(b, dtype=np.int32) * n)[:, None]
+    return jraph.GraphsTuple(
+        nodes=states.reshape(b * n, *states.shape[2:]),
+        edges=structure.reshape(b * e),
+        senders=jnp.asarray((senders[None, :] + offsets).reshape(-1)),
+        receivers=jnp.asarray((receivers[None, :] + offsets).reshape(-1)),
+        n_node=jnp.full((b,), n, jnp.int32),
+        n_edge=jnp.full((b,), e, jnp.int32),
+        globals=None,
+    )
+
+
+def graphs_to_tasks(graphs, num_nodes: int):
+    """Node states ``[B, n, d]`` of a super-graph built by :func:`tasks_to_graphs`."""
+    return graphs.nodes.reshape(-1, num_nodes, *graphs.nodes.shape[1:])

@@ -1,0 +1,145 @@
+"""Simulated annealing over structures: a jitted ``lax.scan`` of propose -> evaluate -> accept.
+
+Batched over tasks: every task has its own structure and energy, all tasks share one
+temperature. The scan carries a typed :class:`AnnealState` and emits per-step
+:class:`AnnealDiagnostics` (stacked over steps).
+
+Energies are per-task losses (lower is better). A proposal with a non-finite energy is
+never accepted. Metropolis: accept if ``E' < E`` or ``u < exp(-(E' - E) / T)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from nri_modular.structure import ProposalFn
+
+# Signature: (structure [B, E] int32) -> energy [B]
+EnergyFn = Callable[[jax.Array], jax.Array]
+
+
+@flax.struct.dataclass
+class AnnealState:
+    """Carry of the annealing scan.
+
+    Attributes:
+      structure: int32 ``[B, E]`` current structures.
+      energy: ``[B]`` their energies (``inf`` = not evaluated yet: any finite proposal wins).
+      key: PRNG key.
+      temperature: scalar.
+    """
+
+    structure: jax.Array
+    energy: jax.Array
+    key: jax.Array
+    temperature: jax.Array
+
+
+@flax.struct.dataclass
+class AnnealDiagnostics:
+    """Per-step statistics over the batch (each a scalar; stacked ``[steps]`` by the scan)."""
+
+    accept_rate: jax.Array  # accepted proposals / proposals
+    worse_rate: jax.Array  # proposals worse than the current structure / proposals
+    worse_accept_rate: jax.Array  # accepted worse proposals / worse proposals (nan if none)
+    mean_energy: jax.Array  # mean current energy after the step
+    temperature: jax.Array
+
+
+def metropolis(key, energy, proposed_energy, temperature):
+    """Metropolis acceptance for a batch.
+
+    Args:
+      energy, proposed_energy: ``[B]``.
+      temperature: scalar > 0.
+
+    Returns:
+      ``(accept, worse)``: bool ``[B]``; ``worse`` marks finite proposals that are not better.
+    """
+    finite = jnp.isfinite(proposed_energy)
+    delta = proposed_energy - energy
+    better = finite & ((delta < 0) | ~jnp.isfinite(energy))
+    worse = finite & ~better
+    u = jax.random.uniform(key, energy.shape, dtype=proposed_energy.dtype)
+    safe_delta = jnp.where(worse, delta, 0.0)
+    accept_worse = worse & (u < jnp.exp(-safe_delta / temperature))
+    return better | accept_worse, worse
+
+
+def anneal_step(
+    state: AnnealState,
+    energy_fn: EnergyFn,
+    proposal_fn: ProposalFn,
+    logits: jax.Array | None = None,
+) -> tuple[AnnealState, AnnealDiagnostics]:
+    """One propose -> evaluate -> accept step for every task in the batch."""
+    key, k_prop, k_acc = jax.random.split(state.key, 3)
+    proposed = proposal_fn(k_prop, state.structure, logits)
+    proposed_energy = energy_fn(proposed)
+    accept, worse = metropolis(k_acc, state.energy, proposed_energy, state.temperature)
+    structure = jnp.where(accept[:, None], proposed, state.structure)
+    energy = jnp.where(accept, proposed_energy, state.energy)
+    n_worse = worse.sum()
+    diag = AnnealDiagnostics(
+        accept_rate=accept.mean(),
+        worse_rate=worse.mean(),
+        worse_accept_rate=jnp.where(
+            n_worse > 0, (accept & worse).sum() / jnp.maximum(n_worse, 1), jnp.nan
+        ),
+        mean_energy=jnp.where(jnp.isfinite(energy), energy, jnp.nan).mean(),
+        temperature=state.temperature,
+    )
+    return AnnealState(structure, energy, key, state.temperature), diag
+
+
+def anneal(
+    state: AnnealState,
+    energy_fn: EnergyFn,
+    proposal_fn: ProposalFn,
+    temperatures: jax.Array,
+    logits: jax.Array | None = None,
+) -> tuple[AnnealState, AnnealDiagnostics]:
+    """Runs ``len(temperatures)`` annealing steps as one ``lax.scan``.
+
+    Args:
+      state: initial :class:`AnnealState` (its temperature is overwritten per step).
+      temperatures: ``[steps]`` temperature of each step.
+      logits: optional ``[B, E, K]`` proposal logits (fixed during the scan).
+
+    Returns:
+      Final state and :class:`AnnealDiagnostics` with leaves ``[steps]``.
+    """
+
+    def body(s, temperature):
+        s = s.replace(temperature=temperature)
+        return anneal_step(s, energy_fn, proposal_fn, logits)
+
+    return jax.lax.scan(body, state, temperatures)
+
+
+def geometric_temperatures(t_start: float, t_end: float, num_steps: int) -> jax.Array:
+    """``[num_steps]`` temperatures decaying geometrically from ``t_start`` to ``t_end``."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if t_start <= 0 or t_end <= 0:
+        raise ValueError(f"temperatures must be positive, got {t_start}, {t_end}")
+    return jnp.geomspace(t_start, t_end, num_steps).astype(jnp.float32)
+
+
+def target_worse_acceptance(step: jax.Array, decay_steps: float) -> jax.Array:
+    """Target rate of accepted worse moves, ``exp(-1 - 5 * step / decay_steps)`` (paper's code)."""
+    return jnp.exp(-1.0 - 5.0 * step / decay_steps)
+
+
+def adapt_temperature(temperature, worse_accept_rate, target_rate, factor: float = 1.1):
+    """Divides the temperature by ``factor`` if too many worse moves are accepted, else
+    multiplies it; unchanged when there were no worse proposals (rate is nan)."""
+    return jnp.where(
+        jnp.isnan(worse_accept_rate),
+        temperature,
+        jnp.where(worse_accept_rate > target_rate, temperature / factor, temperature * factor),
+    )

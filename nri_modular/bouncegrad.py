@@ -1,0 +1,252 @@
+"""BounceGrad: simulated annealing on structures, then a gradient step on the modules.
+
+One compiled :func:`make_bouncegrad_step` step on a batch of training tasks:
+
+1. simulated annealing (weights fixed) on the batch's persistent structures;
+2. one Optax step on the module parameters with the accepted structures (the per-task
+   losses of this pass become the stored energies);
+3. optionally, one Optax step on the learned proposal network with the current structures
+   as cross-entropy targets (the paper's "learning to optimise" from the inner loop);
+4. adaptation of the temperature toward a decaying target rate of accepted worse moves.
+
+Structures and energies of all training tasks live in the :class:`TrainState` and persist
+across epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from nri_modular import annealing, gnn
+from nri_modular import structure as structure_lib
+from nri_modular.modules import ModuleBank, Params
+
+
+@dataclasses.dataclass(frozen=True)
+class BounceGradConfig:
+    """Static settings of the BounceGrad step.
+
+    Attributes:
+      p: rollout length of the loss (truth re-fed every ``p`` frames).
+      sa_steps: annealing proposals per task per step.
+      refresh_energy: re-evaluate the current structures with the current weights before
+        annealing (exact Metropolis); if False, compare against the energy stored at the
+        task's previous visit (stale, cheaper: one forward pass fewer per step).
+      temperature_decay_steps: ``target = exp(-1 - 5 * step / temperature_decay_steps)``.
+      temperature_factor: multiplicative temperature adaptation factor.
+      proposal: ``"uniform"`` or ``"blocked_gibbs"`` (needs a proposal network).
+      uniform_mix: probability of a uniform move when ``proposal="blocked_gibbs"``.
+      num_types: number of true relation types (for edge-accuracy metrics only).
+      block_rows, edge_compute: see :mod:`nri_modular.gnn`.
+    """
+
+    p: int = 10
+    sa_steps: int = 1
+    refresh_energy: bool = True
+    temperature_decay_steps: float = 800.0
+    temperature_factor: float = 1.1
+    proposal: str = "uniform"
+    uniform_mix: float = 0.0
+    num_types: int = 2
+    block_rows: int = 512
+    edge_compute: str = "blocked"
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything BounceGrad needs to continue exactly.
+
+    Attributes:
+      params: module bank parameters.
+      opt_state: Optax state of ``params``.
+      structures: int32 ``[num_train_tasks, E]`` current structure of every training task.
+      energies: ``[num_train_tasks]`` energy at the task's last visit (``inf`` = never).
+      temperature: scalar annealing temperature.
+      step: int32 scalar, number of BounceGrad steps done.
+      rng: PRNG key (per-step keys are ``fold_in(rng, step)``).
+      proposal_params, proposal_opt_state: learned proposal network (``None`` if unused).
+    """
+
+    params: Params
+    opt_state: Any
+    structures: jax.Array
+    energies: jax.Array
+    temperature: jax.Array
+    step: jax.Array
+    rng: jax.Array
+    proposal_params: Params = None
+    proposal_opt_state: Any = None
+
+
+@flax.struct.dataclass
+class Batch:
+    """A batch of training tasks.
+
+    Attributes:
+      task_ids: int32 ``[B]`` indices into ``TrainState.structures``.
+      states: ``[B, T, n, 4]`` trajectories.
+      labels: int32 ``[B, E]`` true relation types (metrics only; never used for learning).
+    """
+
+    task_ids: jax.Array
+    states: jax.Array
+    labels: jax.Array
+
+
+def init_train_state(
+    key: jax.Array,
+    bank: ModuleBank,
+    optimizer: optax.GradientTransformation,
+    num_tasks: int,
+    num_nodes: int,
+    initial_temperature: float = float(jnp.exp(-9.8)),
+    proposal_params: Params = None,
+    proposal_optimizer: optax.GradientTransformation | None = None,
+) -> TrainState:
+    """Fresh state: random modules, random structures, unknown (``inf``) energies."""
+    k_params, k_struct, k_rng = jax.random.split(key, 3)
+    params = bank.init(k_params)
+    structures = structure_lib.random_structures(k_struct, num_tasks, num_nodes, bank.num_modules)
+    proposal_opt_state = None
+    if proposal_params is not None:
+        if proposal_optimizer is None:
+            raise ValueError("proposal_params given without a proposal_optimizer")
+        proposal_opt_state = proposal_optimizer.init(proposal_params)
+    return TrainState(
+        params=params,
+        opt_state=optimizer.init(params),
+        structures=structures,
+        energies=jnp.full((num_tasks,), jnp.inf, jnp.float32),
+        temperature=jnp.asarray(initial_temperature, jnp.float32),
+        step=jnp.zeros((), jnp.int32),
+        rng=k_rng,
+        proposal_params=proposal_params,
+        proposal_opt_state=proposal_opt_state,
+    )
+
+
+# Signature: (proposal_params, states [B, T, n, 4]) -> logits [B, E, K]
+ProposalApply = Callable[[Params, jax.Array], jax.Array]
+
+
+def make_bouncegrad_step(
+    bank: ModuleBank,
+    optimizer: optax.GradientTransformation,
+    config: BounceGradConfig,
+    num_nodes: int,
+    proposal_apply: ProposalApply | None = None,
+    proposal_optimizer: optax.GradientTransformation | None = None,
+):
+    """Builds ``bouncegrad_step(state, batch) -> (state, metrics)`` (not yet jitted).
+
+    The returned function is pure; jit it (optionally with shardings, donation).
+    """
+    proposal_fn = structure_lib.make_proposal(
+        config.proposal, bank.num_modules, num_nodes, config.uniform_mix
+    )
+    if config.proposal != "uniform" and proposal_apply is None:
+        raise ValueError(f"proposal {config.proposal!r} needs a proposal network")
+    if config.sa_steps < 0:
+        raise ValueError(f"sa_steps must be >= 0, got {config.sa_steps}")
+
+    def loss_fn(params, states, structure):
+        return gnn.rollout_loss(
+            bank,
+            params,
+            states,
+            structure,
+            config.p,
+            block_rows=config.block_rows,
+            edge_compute=config.edge_compute,
+        )
+
+    def step(state: TrainState, batch: Batch):
+        key = jax.random.fold_in(state.rng, state.step)
+        k_anneal, _ = jax.random.split(key)
+        structure = state.structures[batch.task_ids]
+        energy = state.energies[batch.task_ids]
+        if config.refresh_energy:
+            energy = loss_fn(state.params, batch.states, structure)
+
+        logits = None
+        if proposal_apply is not None:
+            logits = proposal_apply(state.proposal_params, batch.states)
+
+        # 1. Simulated annealing on the structures, weights fixed.
+        sa_state = annealing.AnnealState(structure, energy, k_anneal, state.temperature)
+        if config.sa_steps > 0:
+            sa_state, diag = annealing.anneal(
+                sa_state,
+                lambda s: loss_fn(state.params, batch.states, s),
+                proposal_fn,
+                jnp.full((config.sa_steps,), state.temperature),
+                logits,
+            )
+            worse_accept = jnp.nanmean(diag.worse_accept_rate)
+            accept = diag.accept_rate.mean()
+        else:
+            worse_accept = accept = jnp.asarray(jnp.nan, jnp.float32)
+        structure = sa_state.structure
+
+        # 2. One gradient step on the modules with the accepted structures.
+        def mean_loss(params):
+            per_task = loss_fn(params, batch.states, structure)
+            return per_task.mean(), per_task
+
+        (loss, per_task), grads = jax.value_and_grad(mean_loss, has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+
+        # 3. One step on the proposal network, targets = current structures.
+        proposal_params, proposal_opt_state = state.proposal_params, state.proposal_opt_state
+        proposal_loss = jnp.asarray(jnp.nan, jnp.float32)
+        if proposal_apply is not None and proposal_optimizer is not None:
+
+            def xent(pp):
+                lg = proposal_apply(pp, batch.states)
+                return optax.softmax_cross_entropy_with_integer_labels(lg, structure).mean()
+
+            proposal_loss, pgrads = jax.value_and_grad(xent)(proposal_params)
+            pupdates, proposal_opt_state = proposal_optimizer.update(
+                pgrads, proposal_opt_state, proposal_params
+            )
+            proposal_params = optax.apply_updates(proposal_params, pupdates)
+
+        # 4. Temperature toward the decaying target rate of accepted worse moves.
+        target = annealing.target_worse_acceptance(state.step, config.temperature_decay_steps)
+        temperature = annealing.adapt_temperature(
+            state.temperature, worse_accept, target, config.temperature_factor
+        )
+
+        counts = structure_lib.confusion(structure, batch.labels, bank.num_modules, config.num_types)
+        mapping = structure_lib.best_mapping(counts)
+        new_state = state.replace(
+            params=params,
+            opt_state=opt_state,
+            structures=state.structures.at[batch.task_ids].set(structure),
+            energies=state.energies.at[batch.task_ids].set(per_task.astype(jnp.float32)),
+            temperature=temperature,
+            step=state.step + 1,
+            proposal_params=proposal_params,
+            proposal_opt_state=proposal_opt_state,
+        )
+        metrics = {
+            "loss": loss,
+            "accept_rate": accept,
+            "worse_accept_rate": worse_accept,
+            "target_worse_rate": target,
+            "temperature": state.temperature,
+            "edge_accuracy": structure_lib.mapped_accuracy(structure, batch.labels, mapping),
+            "grad_norm": optax.global_norm(grads),
+            "proposal_loss": proposal_loss,
+        }
+        return new_state, metrics
+
+    return step

@@ -1,0 +1,165 @@
+"""Experiment configuration: one frozen dataclass, and the absl flags that fill it.
+
+Every experiment script defines the same flags (:func:`define_flags`) and builds a
+:class:`Config` from them (:func:`config_from_flags`); flagfiles in
+``experiments/flags/`` choose sizes. Bad values fail here, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from nri_modular import gnn
+from nri_modular.structure import PROPOSAL_KINDS
+
+SYSTEMS = ("springs", "charged")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """All settings of a meta-training + meta-test run (defaults: the CPU demo)."""
+
+    # Data.
+    system: str = "springs"
+    data_dir: str = "data"
+    num_particles: int = 5
+    num_train: int = 2000
+    num_valid: int = 100
+    num_test: int = 1000
+    data_seed: int = 42
+    # Model.
+    num_modules: int = 2
+    edge_hidden: tuple[int, ...] = (64, 64, 64)
+    node_hidden: tuple[int, ...] = (64, 64, 64)
+    # BounceGrad.
+    seed: int = 0
+    batch_size: int = 50
+    num_epochs: int = 100
+    learning_rate: float = 1e-3
+    p: int = 10
+    sa_steps: int = 1
+    refresh_energy: bool = True
+    initial_temperature: float = 5.5e-5  # exp(-9.8), the paper's code
+    temperature_decay_steps: float = 800.0
+    proposal: str = "uniform"
+    uniform_mix: float = 0.1
+    # Meta-test.
+    test_sa_steps: int = 200
+    test_t_start: float = 1e-5
+    test_t_end: float = 1e-8
+    test_batch_size: int = 250
+    obs_frames: int = 49
+    horizon: int = 20
+    # Engineering.
+    block_rows: int = 512
+    edge_compute: str = "blocked"
+    log_every: int = 20
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+
+    def __post_init__(self):
+        _check(self.system in SYSTEMS, f"unknown system {self.system!r}; expected one of {SYSTEMS}")
+        _check(
+            self.proposal in PROPOSAL_KINDS,
+            f"unknown proposal {self.proposal!r}; expected one of {PROPOSAL_KINDS}",
+        )
+        _check(
+            self.edge_compute in gnn.EDGE_COMPUTE_KINDS,
+            f"unknown edge_compute {self.edge_compute!r}; expected one of "
+            f"{gnn.EDGE_COMPUTE_KINDS}",
+        )
+        for name in (
+            "num_particles",
+            "num_train",
+            "num_test",
+            "num_modules",
+            "batch_size",
+            "num_epochs",
+            "p",
+            "test_sa_steps",
+            "test_batch_size",
+            "obs_frames",
+            "horizon",
+            "block_rows",
+            "log_every",
+            "checkpoint_every",
+            "keep_checkpoints",
+        ):
+            value = getattr(self, name)
+            _check(value > 0, f"{name} must be positive, got {value}")
+        _check(self.num_valid >= 0, f"num_valid must be >= 0, got {self.num_valid}")
+        _check(self.sa_steps >= 0, f"sa_steps must be >= 0, got {self.sa_steps}")
+        _check(self.num_particles >= 2, f"num_particles must be >= 2, got {self.num_particles}")
+        _check(self.num_modules >= 2, f"num_modules must be >= 2, got {self.num_modules}")
+        _check(
+            self.batch_size <= self.num_train,
+            f"batch_size {self.batch_size} exceeds num_train {self.num_train}",
+        )
+        _check(self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}")
+        for name in ("initial_temperature", "test_t_start", "test_t_end", "temperature_decay_steps"):
+            value = getattr(self, name)
+            _check(value > 0, f"{name} must be positive, got {value}")
+        _check(0.0 <= self.uniform_mix <= 1.0, f"uniform_mix must be in [0, 1], got {self.uniform_mix}")
+        _check(
+            all(w > 0 for w in (*self.edge_hidden, *self.node_hidden))
+            and self.edge_hidden
+            and self.node_hidden,
+            f"hidden sizes must be non-empty positive, got {self.edge_hidden} {self.node_hidden}",
+        )
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _parse_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise ValueError(f"layer sizes must be comma-separated integers, got {text!r}") from None
+    if not sizes:
+        raise ValueError(f"layer sizes must be non-empty, got {text!r}")
+    return sizes
+
+
+def define_flags(flags_module, system_default: str = "springs") -> None:
+    """Defines one absl flag per :class:`Config` field (plus ``--workdir``)."""
+    flags = flags_module
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+    defaults = Config(system=system_default)
+    for field in dataclasses.fields(Config):
+        value = getattr(defaults, field.name)
+        help_text = f"Config.{field.name}"
+        if field.name == "system":
+            flags.DEFINE_enum("system", value, list(SYSTEMS), "Physical system.")
+        elif field.name == "proposal":
+            flags.DEFINE_enum("proposal", value, list(PROPOSAL_KINDS), "Annealing proposal.")
+        elif field.name == "edge_compute":
+            flags.DEFINE_enum(
+                "edge_compute", value, list(gnn.EDGE_COMPUTE_KINDS), "Edge module dispatch."
+            )
+        elif isinstance(value, bool):
+            flags.DEFINE_bool(field.name, value, help_text)
+        elif isinstance(value, int):
+            flags.DEFINE_integer(field.name, value, help_text)
+        elif isinstance(value, float):
+            flags.DEFINE_float(field.name, value, help_text)
+        elif isinstance(value, tuple):
+            flags.DEFINE_string(field.name, ",".join(map(str, value)), help_text + " (comma list)")
+        else:
+            flags.DEFINE_string(field.name, value, help_text)
+
+
+def config_from_flags(flag_values) -> Config:
+    """Builds a validated :class:`Config` from parsed absl flag values."""
+    kwargs = {}
+    for field in dataclasses.fields(Config):
+        value = getattr(flag_values, field.name)
+        if isinstance(getattr(Config, field.name, None), tuple) or field.name in (
+            "edge_hidden",
+            "node_hidden",
+        ):
+            value = _parse_sizes(value)
+        kwargs[field.name] = value
+    return Config(**kwargs)

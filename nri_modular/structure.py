@@ -1,0 +1,158 @@
+"""Structures (one module index per directed edge) and the proposals that change them.
+
+A structure is int32 ``[n(n-1)]`` per task (``[tasks, n(n-1)]`` batched), receiver-major
+(see :mod:`nri_modular.graph`): the ``n - 1`` edges entering node ``i`` are the slice
+``[i*(n-1), (i+1)*(n-1))``.
+
+Proposals share one signature so search is pluggable::
+
+  # Signature: (key, structure [B, E] int32, logits [B, E, K] | None) -> structure [B, E]
+  ProposalFn = Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array]
+
+``logits`` are the learned proposal network's per-edge module logits (ignored by the
+uniform proposal).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from nri_modular import graph as graph_lib
+
+ProposalFn = Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array]
+
+PROPOSAL_KINDS = ("uniform", "blocked_gibbs")
+
+
+def random_structures(key: jax.Array, num_tasks: int, num_nodes: int, num_modules: int):
+    """Uniformly random structures, int32 ``[num_tasks, n(n-1)]``."""
+    if num_tasks <= 0:
+        raise ValueError(f"num_tasks must be positive, got {num_tasks}")
+    e = graph_lib.num_edges(num_nodes)
+    return jax.random.randint(key, (num_tasks, e), 0, num_modules, dtype=jnp.int32)
+
+
+def propose_uniform(key: jax.Array, structure: jax.Array, num_modules: int) -> jax.Array:
+    """Reassigns one uniformly chosen edge per task to a different, uniformly chosen module.
+
+    Args:
+      structure: int32 ``[B, E]``.
+
+    Returns:
+      int32 ``[B, E]`` differing from ``structure`` in exactly one edge per task (K > 1).
+    """
+    b, e = structure.shape
+    k_edge, k_mod = jax.random.split(key)
+    edge = jax.random.randint(k_edge, (b,), 0, e)
+    old = structure[jnp.arange(b), edge]
+    shift = jax.random.randint(k_mod, (b,), 1, max(num_modules, 2))
+    new = (old + shift) % num_modules
+    return structure.at[jnp.arange(b), edge].set(new.astype(structure.dtype))
+
+
+def incoming_edge_mask(node: jax.Array, num_nodes: int) -> jax.Array:
+    """Mask of the edges entering ``node``: bool ``[B, n(n-1)]`` for ``node`` int ``[B]``."""
+    receivers, _ = graph_lib.edge_index(num_nodes)
+    return jnp.asarray(receivers)[None, :] == node[:, None]
+
+
+def propose_blocked_gibbs(
+    key: jax.Array, structure: jax.Array, logits: jax.Array, num_nodes: int
+) -> jax.Array:
+    """Blocked Gibbs: pick a random node, resample all its incoming edges from ``logits``.
+
+    Args:
+      structure: int32 ``[B, E]``.
+      logits: ``[B, E, K]`` factored proposal distribution over modules per edge.
+
+    Returns:
+      int32 ``[B, E]``; only edges into the chosen node may differ.
+    """
+    b, e = structure.shape
+    k_node, k_sample = jax.random.split(key)
+    node = jax.random.randint(k_node, (b,), 0, num_nodes)
+    sample = jax.random.categorical(k_sample, logits, axis=-1).astype(structure.dtype)
+    return jnp.where(incoming_edge_mask(node, num_nodes), sample, structure)
+
+
+def make_proposal(kind: str, num_modules: int, num_nodes: int, uniform_mix: float = 0.0):
+    """Proposal function by name.
+
+    Args:
+      kind: ``"uniform"`` or ``"blocked_gibbs"``.
+      uniform_mix: for ``blocked_gibbs``, probability of making a uniform move instead
+        (keeps the chain ergodic whatever the learned proposal says).
+
+    Returns:
+      A :data:`ProposalFn`.
+    """
+    if kind not in PROPOSAL_KINDS:
+        raise ValueError(f"unknown proposal {kind!r}; expected one of {PROPOSAL_KINDS}")
+    if not 0.0 <= uniform_mix <= 1.0:
+        raise ValueError(f"uniform_mix must be in [0, 1], got {uniform_mix}")
+    if num_modules < 2:
+        raise ValueError(f"structure search needs at least 2 modules, got {num_modules}")
+
+    def uniform(key, structure, logits):
+        del logits
+        return propose_uniform(key, structure, num_modules)
+
+    if kind == "uniform":
+        return uniform
+
+    def blocked_gibbs(key, structure, logits):
+        if logits is None:
+            raise ValueError("blocked_gibbs proposal needs proposal logits")
+        k_mix, k_u, k_g = jax.random.split(key, 3)
+        use_uniform = jax.random.uniform(k_mix, (structure.shape[0], 1)) < uniform_mix
+        return jnp.where(
+            use_uniform,
+            propose_uniform(k_u, structure, num_modules),
+            propose_blocked_gibbs(k_g, structure, logits, num_nodes),
+        )
+
+    return blocked_gibbs
+
+
+def confusion(structure: jax.Array, labels: jax.Array, num_modules: int, num_types: int):
+    """Counts ``[K, R]`` of (module, true relation type) over all edges of all tasks."""
+    if structure.shape != labels.shape:
+        raise ValueError(f"structure {structure.shape} and labels {labels.shape} differ in shape")
+    idx = structure.reshape(-1) * num_types + labels.reshape(-1)
+    counts = jnp.zeros(num_modules * num_types, jnp.int32).at[idx].add(1)
+    return counts.reshape(num_modules, num_types)
+
+
+def mapping_candidates(num_modules: int, num_types: int):
+    """All module->type maps considered "one-to-one": int32 ``[M, K]``.
+
+    ``K <= R``: every injective map (permutations when ``K == R``). ``K > R`` (more modules
+    than relation types) has no injective map; there each module is later mapped to its
+    majority type (see :func:`best_mapping`), and this returns an empty ``[0, K]``.
+    """
+    import itertools
+
+    import numpy as np
+
+    if num_modules > num_types:
+        return np.zeros((0, num_modules), np.int32)
+    perms = list(itertools.permutations(range(num_types), num_modules))
+    return np.asarray(perms, np.int32)
+
+
+def best_mapping(counts: jax.Array) -> jax.Array:
+    """Module->type map maximising agreement given confusion ``counts [K, R]``; int32 ``[K]``."""
+    k, r = counts.shape
+    cands = mapping_candidates(k, r)
+    if cands.shape[0] == 0:
+        return jnp.argmax(counts, axis=1).astype(jnp.int32)
+    scores = counts[jnp.arange(k)[None, :], jnp.asarray(cands)].sum(axis=1)
+    return jnp.asarray(cands)[jnp.argmax(scores)]
+
+
+def mapped_accuracy(structure, labels, mapping) -> jax.Array:
+    """Fraction of edges whose module, mapped by ``mapping [K]``, equals the true type."""
+    return (mapping[structure] == labels).mean()
