@@ -11,7 +11,7 @@ from nri_modular.data.physics import (
     integrate,
     integrate_batch,
     num_frames,
-    sample_initial_state,
+    sample_initial_states,
     simulate,
     system_config,
 )
@@ -22,7 +22,7 @@ __all__ = [
     "integrate",
     "integrate_batch",
     "num_frames",
-    "sample_initial_state",
+    "sample_initial_states",
     "simulate",
     "system_config",
 ]

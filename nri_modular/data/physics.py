@@ -34,8 +34,8 @@ Layout: inside the compiled integrator simulations lie on the last (vector lane)
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import functools
 import math
 from collections.abc import Callable
 
@@ -141,43 +141,53 @@ def num_frames(num_steps: int, sample_freq: int) -> int:
 # Sampling.
 
 
-def sample_initial_state(
-    key: jax.Array,
+def sample_initial_states(
+    rng: int | np.random.Generator,
     system: str | SystemConfig,
+    num_sims: int,
     num_particles: int = 5,
-    dtype=jnp.float32,
+    dtype=np.float64,
     **overrides,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Samples one simulation's initial state and relations.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Samples initial states and relations on the host (numpy; no compilation).
 
     Args:
-      key: a PRNG key.
+      rng: a numpy ``Generator`` or a seed for ``np.random.default_rng``.
       system: name or :class:`SystemConfig`.
+      num_sims: ``B`` (> 0).
       num_particles: ``n``.
-      dtype: float dtype of the outputs (float64 needs x64 enabled).
+      dtype: float dtype of the outputs (sampled in float64, then cast).
       **overrides: :class:`SystemConfig` fields (``loc_std``, ``vel_norm``, ``edge_prob``).
 
     Returns:
-      ``(loc [2, n], vel [2, n], relations [n, n])``. ``relations`` is the matrix the
-      force uses and the one stored on disk: springs, symmetric 0/1 with zero diagonal;
-      charged, ``q_i q_j`` in ``{-1, +1}`` *including* the diagonal (``q_i^2 = 1``),
-      as in the released files of Kipf et al. (the diagonal is never used).
+      ``(loc [B, 2, n], vel [B, 2, n], relations [B, n, n])``: positions
+      ``N(0, loc_std^2)`` per coordinate, velocities of random direction and norm
+      ``vel_norm``. ``relations`` is the matrix the force uses and the one stored on
+      disk: springs, symmetric 0/1 with zero diagonal; charged, ``q_i q_j`` in
+      ``{-1, +1}`` *including* the diagonal (``q_i^2 = 1``, never used), as in the
+      released files of Kipf et al.
     """
     config = system_config(system, **overrides)
     _check_particles(num_particles)
-    k_loc, k_vel, k_rel = jax.random.split(key, 3)
-    loc = jax.random.normal(k_loc, (2, num_particles), dtype) * config.loc_std
-    vel = jax.random.normal(k_vel, (2, num_particles), dtype)
-    vel = vel * (config.vel_norm / jnp.sqrt(jnp.sum(vel**2, axis=0, keepdims=True)))
+    _check_num_sims(num_sims)
+    rng = np.random.default_rng(rng)
+    shape = (num_sims, 2, num_particles)
+    loc = rng.standard_normal(shape) * config.loc_std
+    vel = rng.standard_normal(shape)
+    vel *= config.vel_norm / np.sqrt((vel**2).sum(axis=1, keepdims=True))
     if config.name == "springs":
-        upper = jax.random.bernoulli(k_rel, config.edge_prob, (num_particles, num_particles))
-        upper = jnp.triu(upper, k=1)
-        relations = (upper | upper.T).astype(dtype)
+        linked = rng.random((num_sims, num_particles, num_particles)) < config.edge_prob
+        upper = np.triu(linked, k=1)
+        relations = (upper | np.swapaxes(upper, 1, 2)).astype(np.float64)
     else:
-        plus = jax.random.bernoulli(k_rel, config.edge_prob, (num_particles,))
-        charges = jnp.where(plus, 1.0, -1.0).astype(dtype)
-        relations = charges[:, None] * charges[None, :]
-    return loc, vel, relations
+        charges = np.where(rng.random((num_sims, num_particles)) < config.edge_prob, 1.0, -1.0)
+        relations = charges[:, :, None] * charges[:, None, :]
+    return loc.astype(dtype), vel.astype(dtype), relations.astype(dtype)
+
+
+def _check_num_sims(num_sims: int) -> None:
+    if not isinstance(num_sims, int | np.integer) or num_sims <= 0:
+        raise ValueError(f"num_sims must be a positive integer, got {num_sims!r}")
 
 
 def _check_particles(num_particles: int) -> None:
@@ -332,7 +342,7 @@ def integrate_batch(
     Args:
       loc0: ``[B, 2, n]`` initial positions.
       vel0: ``[B, 2, n]`` initial velocities.
-      relations: ``[B, n, n]`` as returned by :func:`sample_initial_state`.
+      relations: ``[B, n, n]`` as returned by :func:`sample_initial_states`.
       system: name or :class:`SystemConfig`.
       num_steps: trajectory length ``T`` in integration steps.
       sample_freq: steps between recorded frames.
@@ -371,7 +381,7 @@ def integrate(
     Args:
       loc0: ``[2, n]`` initial positions.
       vel0: ``[2, n]`` initial velocities.
-      relations: ``[n, n]`` as returned by :func:`sample_initial_state`.
+      relations: ``[n, n]`` as returned by :func:`sample_initial_states`.
       system, num_steps, sample_freq, **overrides: as in :func:`integrate_batch`.
 
     Returns:
@@ -396,23 +406,9 @@ def integrate(
 ProgressFn = Callable[[int, int], None]
 
 
-@functools.partial(
-    jax.jit, static_argnames=("config", "num_particles", "frames", "sample_freq", "size", "dtype")
-)
-def _simulate_chunk(key, start, config, num_particles, frames, sample_freq, size, dtype):
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(
-        start + jnp.arange(size, dtype=jnp.uint32)
-    )
-    loc0, vel0, rel = jax.vmap(lambda k: sample_initial_state(k, config, num_particles, dtype))(
-        keys
-    )
-    locs, vels = _integrate_kipf_layout(loc0, vel0, rel, config, frames, sample_freq)
-    return locs, vels, rel
-
-
 def simulate(
     system: str | SystemConfig,
-    seed: int | jax.Array,
+    seed: int | np.random.Generator,
     num_sims: int,
     num_particles: int = 5,
     num_steps: int = 5000,
@@ -425,25 +421,27 @@ def simulate(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Samples and integrates ``num_sims`` simulations, chunk by chunk.
 
-    Simulation ``s`` uses the key ``fold_in(key, s)`` (``key = PRNGKey(seed)`` for an
-    integer seed), so the output does not depend on ``chunk_size``.
+    Initial states come from :func:`sample_initial_states` (all at once, on the host),
+    so the output does not depend on ``chunk_size``. Two chunks are kept in flight so
+    that both CPU cores work (each XLA CPU execution runs on one core).
 
     Args:
       system: ``"springs"``, ``"charged"`` or a :class:`SystemConfig`.
-      seed: integer seed or PRNG key.
+      seed: integer seed (or numpy ``Generator``) of the initial states and relations.
       num_sims: number of simulations (> 0).
       num_particles: ``n``.
       num_steps: trajectory length in integration steps (5000 -> 49 frames).
       sample_freq: steps between frames.
-      dtype: ``np.float32`` (fast) or ``np.float64`` (x64 is enabled for the call).
-      chunk_size: simulations integrated at once; memory is about
-        ``chunk_size * frames * 4 n * itemsize`` bytes plus the outputs.
+      dtype: ``np.float32`` (fast) or ``np.float64`` (x64 is enabled for the call only).
+      chunk_size: simulations integrated at once (one compilation per chunk shape);
+        memory is about ``2 * chunk_size * frames * 4 n * itemsize`` bytes plus the
+        outputs.
       progress: called as ``progress(sims_done, num_sims)`` after each chunk.
       **overrides: :class:`SystemConfig` fields.
 
     Returns:
       numpy ``(loc [sims, frames, 2, n], vel [sims, frames, 2, n], edges [sims, n, n])``;
-      ``edges`` as the ``relations`` of :func:`sample_initial_state`.
+      ``edges`` are the ``relations`` of :func:`sample_initial_states`.
 
     Raises:
       ValueError: unknown system, ``num_sims <= 0``, ``sample_freq`` not dividing
@@ -452,38 +450,34 @@ def simulate(
     config = system_config(system, **overrides)
     frames = num_frames(num_steps, sample_freq)
     _check_particles(num_particles)
-    if not isinstance(num_sims, int | np.integer) or num_sims <= 0:
-        raise ValueError(f"num_sims must be a positive integer, got {num_sims!r}")
+    _check_num_sims(num_sims)
     if not isinstance(chunk_size, int | np.integer) or chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+    loc0, vel0, edges = sample_initial_states(seed, config, num_sims, num_particles, dtype)
     num_chunks = -(-num_sims // chunk_size)
     size = -(-num_sims // num_chunks)  # equal chunks: at most num_chunks - 1 padded sims
+    pad = num_chunks * size - num_sims
+    padded = [np.concatenate([a, a[:pad]]) if pad else a for a in (loc0, vel0, edges)]
+    loc = np.empty((num_sims, frames, 2, num_particles), dtype)
+    vel = np.empty_like(loc)
+
+    def collect(start, out):
+        stop = min(start + size, num_sims)
+        loc[start:stop] = np.asarray(out[0])[: stop - start]
+        vel[start:stop] = np.asarray(out[1])[: stop - start]
+        if progress is not None:
+            progress(stop, num_sims)
+
     with jax.enable_x64(dtype == np.float64):
-        key = jax.random.PRNGKey(seed) if isinstance(seed, int | np.integer) else seed
-        loc = np.empty((num_sims, frames, 2, num_particles), dtype)
-        vel = np.empty_like(loc)
-        edges = np.empty((num_sims, num_particles, num_particles), dtype)
-        # Dispatch chunk k + 1 before copying chunk k out, so the host copy overlaps compute.
-        pending = None
-        for c in range(num_chunks + 1):
-            current = None
-            if c < num_chunks:
-                start = c * size
-                current = (
-                    start,
-                    _simulate_chunk(
-                        key, start, config, num_particles, frames, sample_freq, size, dtype.type
-                    ),
-                )
-            if pending is not None:
-                start, out = pending
-                stop = min(start + size, num_sims)
-                for dst, src in zip((loc, vel, edges), out, strict=True):
-                    dst[start:stop] = np.asarray(src)[: stop - start]
-                if progress is not None:
-                    progress(stop, num_sims)
-            pending = current
+        in_flight = collections.deque()  # (start, device outputs): dispatch is asynchronous
+        for c in range(num_chunks):
+            chunk = tuple(jnp.asarray(a[c * size : (c + 1) * size]) for a in padded)
+            in_flight.append((c * size, _integrate_batch_jit(*chunk, config, frames, sample_freq)))
+            if len(in_flight) == 2:
+                collect(*in_flight.popleft())
+        while in_flight:
+            collect(*in_flight.popleft())
     return loc, vel, edges
