@@ -1,0 +1,623 @@
+"""Datasets of simulated trajectories: generate, save and load (Kipf's layout), batch.
+
+On disk (the layout of Kipf et al.'s released files, which load as they are)::
+
+    {out_dir}/loc_{split}_{system}{n}.npy    [sims, frames, 2, n]
+    {out_dir}/vel_{split}_{system}{n}.npy    [sims, frames, 2, n]
+    {out_dir}/edges_{split}_{system}{n}.npy  [sims, n, n]
+    {out_dir}/meta_{system}{n}.json          generation arguments (ours only)
+
+with ``split`` in train / valid / test and ``system`` in springs / charged (so the
+charged files are ``*_charged5.npy``). ``edges[s, i, j]`` is the relation of ``j -> i``:
+springs 0/1 (symmetric, zero diagonal), charged ``q_i q_j`` in ``{-1, +1}`` (the
+diagonal is 1, as in the released files, and unused).
+
+In memory a split is ``states`` float32 ``[sims, frames, n, 4]`` (x, y, vx, vy),
+normalised to [-1, 1] with the *training* split's scalar min/max of positions and of
+velocities (Kipf: ``(x - min) * 2 / (max - min) - 1``), and ``labels`` int32
+``[sims, n(n-1)]`` in the receiver-major edge order of :mod:`nri_modular.graph`
+(springs: 0 none / 1 spring; charged: 0 opposite charges / 1 like charges).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from nri_modular import graph
+from nri_modular.data import physics
+
+SPLITS = ("train", "valid", "test")
+_SPLIT_IDS = {"train": 0, "valid": 1, "test": 2}  # default_rng([seed, id]) per split
+_META_VERSION = 1
+
+# Signature: progress(split: str, sims_done: int, num_sims: int) -> None
+SplitProgressFn = Callable[[str, int, int], None]
+
+
+def file_name(kind: str, split: str, system: str, num_particles: int) -> str:
+    """``"{kind}_{split}_{system}{n}.npy"``, e.g. ``loc_train_springs5.npy``."""
+    return f"{kind}_{split}_{system}{num_particles}.npy"
+
+
+def meta_file_name(system: str, num_particles: int) -> str:
+    """``"meta_{system}{n}.json"``: the generation arguments of a dataset we wrote."""
+    return f"meta_{system}{num_particles}.json"
+
+
+def _check_system(system: str) -> None:
+    if system not in physics.SYSTEMS:
+        raise ValueError(f"unknown system {system!r}; expected one of {physics.SYSTEMS}")
+
+
+def _check_splits(splits: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(splits, str):
+        splits = (splits,)
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown or not splits:
+        raise ValueError(f"splits must be a non-empty subset of {SPLITS}, got {tuple(splits)}")
+    return tuple(splits)
+
+
+# ----------------------------------------------------------------------------------------
+# Normalisation.
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalization:
+    """Scalar min/max of positions and velocities; maps each range to [-1, 1].
+
+    Works on numpy arrays (returns numpy) and on JAX arrays / tracers (returns JAX).
+    """
+
+    loc_min: float
+    loc_max: float
+    vel_min: float
+    vel_max: float
+
+    def __post_init__(self):
+        for name in ("loc", "vel"):
+            lo, hi = getattr(self, f"{name}_min"), getattr(self, f"{name}_max")
+            if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+                raise ValueError(f"{name} range must be finite with max > min, got [{lo}, {hi}]")
+
+    @classmethod
+    def from_arrays(cls, loc: np.ndarray, vel: np.ndarray) -> Normalization:
+        """Statistics of (training) positions and velocities of any shape."""
+        return cls(float(loc.min()), float(loc.max()), float(vel.min()), float(vel.max()))
+
+    def to_dict(self) -> dict[str, float]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, float]) -> Normalization:
+        return cls(**{k: float(d[k]) for k in ("loc_min", "loc_max", "vel_min", "vel_max")})
+
+    def _lo_span(self, states):
+        xp = np if isinstance(states, np.ndarray) else jnp
+        lo = np.array([self.loc_min] * 2 + [self.vel_min] * 2)
+        span = np.array([self.loc_max - self.loc_min] * 2 + [self.vel_max - self.vel_min] * 2)
+        shape = (1,) * (states.ndim - 1) + (4,)
+        return xp.asarray(lo.reshape(shape), states.dtype), xp.asarray(
+            span.reshape(shape), states.dtype
+        )
+
+    def normalise(self, states):
+        """Physical ``[..., 4]`` (x, y, vx, vy) states -> [-1, 1] on the training range."""
+        _check_last_axis(states)
+        lo, span = self._lo_span(states)
+        return (states - lo) * 2 / span - 1
+
+    def denormalise(self, states):
+        """Inverse of :meth:`normalise`: ``[..., 4]`` normalised states -> physical units."""
+        _check_last_axis(states)
+        lo, span = self._lo_span(states)
+        return (states + 1) * span / 2 + lo
+
+
+def _check_last_axis(states) -> None:
+    if states.ndim < 1 or states.shape[-1] != 4:
+        raise ValueError(f"states must be [..., 4] (x, y, vx, vy), got shape {states.shape}")
+
+
+# ----------------------------------------------------------------------------------------
+# Datasets in memory.
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Split:
+    """One split's tasks.
+
+    Attributes:
+      states: float32 ``[sims, frames, n, 4]`` normalised (x, y, vx, vy).
+      labels: int32 ``[sims, n(n-1)]`` relation type of each directed edge j -> i.
+    """
+
+    states: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def num_tasks(self) -> int:
+        return self.states.shape[0]
+
+    @property
+    def num_frames(self) -> int:
+        return self.states.shape[1]
+
+    @property
+    def num_particles(self) -> int:
+        return self.states.shape[2]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """Loaded splits with their (training) normalisation.
+
+    Attributes:
+      system: ``"springs"`` or ``"charged"``.
+      num_particles: ``n``.
+      normalization: the train-split statistics used for every split.
+      splits: split name -> :class:`Split`, for the splits that were loaded.
+    """
+
+    system: str
+    num_particles: int
+    normalization: Normalization
+    splits: Mapping[str, Split]
+
+    def __getitem__(self, split: str) -> Split:
+        if split not in self.splits:
+            raise KeyError(f"split {split!r} not loaded; have {tuple(self.splits)}")
+        return self.splits[split]
+
+    @property
+    def train(self) -> Split:
+        return self["train"]
+
+    @property
+    def valid(self) -> Split:
+        return self["valid"]
+
+    @property
+    def test(self) -> Split:
+        return self["test"]
+
+
+# ----------------------------------------------------------------------------------------
+# Writing.
+
+
+def _save_npy_atomic(path: str, array: np.ndarray) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_text_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def generation_meta(
+    system: str,
+    num_train: int,
+    num_valid: int,
+    num_test: int,
+    seed: int,
+    num_particles: int = 5,
+    *,
+    train_steps: int = 5000,
+    test_steps: int = 10000,
+    sample_freq: int = 100,
+    dtype=np.float32,
+    **overrides,
+) -> dict:
+    """The arguments that determine a generated dataset, as stored in ``meta_*.json``."""
+    return {
+        "version": _META_VERSION,
+        "system": system,
+        "num_particles": int(num_particles),
+        "num_sims": {"train": int(num_train), "valid": int(num_valid), "test": int(num_test)},
+        "seed": int(seed),
+        "train_steps": int(train_steps),
+        "test_steps": int(test_steps),
+        "sample_freq": int(sample_freq),
+        "dtype": np.dtype(dtype).name,
+        "overrides": {k: v for k, v in sorted(overrides.items()) if v is not None},
+    }
+
+
+def generate_dataset(
+    system: str,
+    out_dir: str,
+    num_train: int,
+    num_valid: int,
+    num_test: int,
+    seed: int,
+    num_particles: int = 5,
+    *,
+    train_steps: int = 5000,
+    test_steps: int = 10000,
+    sample_freq: int = 100,
+    dtype=np.float32,
+    chunk_size: int = 4096,
+    progress: SplitProgressFn | None = None,
+    **overrides,
+) -> dict[str, str]:
+    """Simulates the three splits and writes them in Kipf's layout (atomically).
+
+    Split ``s`` samples its initial states from ``np.random.default_rng([seed, id])`` with
+    ``id = {train: 0, valid: 1, test: 2}[s]``, so the splits are independent and each is
+    reproducible on its own. train/valid run
+    ``train_steps`` (49 frames by default), test ``test_steps`` (99 frames). Each file is
+    written to a temporary name and renamed; ``meta_{system}{n}.json`` is written last.
+
+    Args:
+      system: ``"springs"`` or ``"charged"``.
+      out_dir: created if missing.
+      num_train, num_valid, num_test: simulations per split (each > 0).
+      seed: integer seed.
+      num_particles: ``n``.
+      train_steps, test_steps, sample_freq: trajectory lengths, see ``physics.simulate``.
+      dtype: on-disk float dtype (float32 default; float64 as the released files).
+      chunk_size: simulations integrated at once.
+      progress: called as ``progress(split, sims_done, num_sims)`` when a split starts
+        (``sims_done = 0``) and after each chunk.
+      **overrides: ``physics.SystemConfig`` fields (box_size, interaction_strength, ...).
+
+    Returns:
+      ``{file name: path}`` of the files written.
+    """
+    _check_system(system)
+    steps = {"train": train_steps, "valid": train_steps, "test": test_steps}
+    sizes = {"train": num_train, "valid": num_valid, "test": num_test}
+    for split in SPLITS:  # validate everything before simulating anything
+        if not isinstance(sizes[split], int | np.integer) or sizes[split] <= 0:
+            raise ValueError(f"num_{split} must be a positive integer, got {sizes[split]!r}")
+        physics.num_frames(steps[split], sample_freq)
+    if not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    physics.system_config(system, **overrides)
+    os.makedirs(out_dir, exist_ok=True)
+    meta_path = os.path.join(out_dir, meta_file_name(system, num_particles))
+    if os.path.exists(meta_path):  # the files are about to change: the old meta is stale
+        os.remove(meta_path)
+    written = {}
+    for split in SPLITS:
+        split_progress = None
+        if progress is not None:
+            progress(split, 0, sizes[split])
+            split_progress = lambda done, total, split=split: progress(split, done, total)  # noqa: E731
+        loc, vel, edges = physics.simulate(
+            system,
+            _split_rng(seed, split),
+            sizes[split],
+            num_particles,
+            steps[split],
+            sample_freq,
+            dtype=dtype,
+            chunk_size=chunk_size,
+            progress=split_progress,
+            **overrides,
+        )
+        for kind, array in (("loc", loc), ("vel", vel), ("edges", edges)):
+            name = file_name(kind, split, system, num_particles)
+            path = os.path.join(out_dir, name)
+            _save_npy_atomic(path, array)
+            written[name] = path
+    meta = generation_meta(
+        system,
+        num_train,
+        num_valid,
+        num_test,
+        seed,
+        num_particles,
+        train_steps=train_steps,
+        test_steps=test_steps,
+        sample_freq=sample_freq,
+        dtype=dtype,
+        **overrides,
+    )
+    _write_text_atomic(meta_path, json.dumps(meta, indent=1, sort_keys=True))
+    written[os.path.basename(meta_path)] = meta_path
+    return written
+
+
+def _split_rng(seed: int, split: str) -> np.random.Generator:
+    """Independent generator per split: ``default_rng([seed, split_id])``."""
+    return np.random.default_rng([seed, _SPLIT_IDS[split]])
+
+
+# ----------------------------------------------------------------------------------------
+# Reading.
+
+
+def _load_array(path: str) -> np.ndarray:
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"missing dataset file {path}; generate it with `python -m "
+            "nri_modular.data.generate` or use ensure_dataset()"
+        )
+    array = np.load(path, allow_pickle=False)
+    if not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"{path}: expected a numeric array, got dtype {array.dtype}")
+    return array
+
+
+def _load_raw(data_dir: str, split: str, system: str, num_particles: int):
+    """Reads and checks one split's ``loc``, ``vel``, ``edges`` (see the module docstring)."""
+    paths = {
+        k: os.path.join(data_dir, file_name(k, split, system, num_particles))
+        for k in ("loc", "vel", "edges")
+    }
+    loc, vel, edges = (_load_array(paths[k]) for k in ("loc", "vel", "edges"))
+    if loc.ndim != 4 or loc.shape[2] != 2:
+        raise ValueError(f"{paths['loc']}: expected shape [sims, frames, 2, n], got {loc.shape}")
+    if vel.shape != loc.shape:
+        raise ValueError(
+            f"{paths['vel']}: shape {vel.shape} does not match {paths['loc']} shape {loc.shape} "
+            "([sims, frames, 2, n])"
+        )
+    sims, frames, _, n = loc.shape
+    if n != num_particles:
+        raise ValueError(
+            f"{paths['loc']}: has {n} particles (last axis of {loc.shape}) but "
+            f"num_particles={num_particles}"
+        )
+    if sims == 0 or frames == 0:
+        raise ValueError(f"{paths['loc']}: empty array of shape {loc.shape}")
+    if edges.shape != (sims, n, n):
+        raise ValueError(
+            f"{paths['edges']}: expected shape [sims, n, n] = {(sims, n, n)} to match "
+            f"{paths['loc']} {loc.shape}, got {edges.shape}"
+        )
+    for kind, array in (("loc", loc), ("vel", vel), ("edges", edges)):
+        bad = ~np.isfinite(array)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"{paths[kind]}: {int(bad.sum())} non-finite values (NaN/inf), "
+                f"first at index {first}"
+            )
+    labels = _edges_to_labels(edges, system, paths["edges"])
+    return loc, vel, labels
+
+
+def _edges_to_labels(edges: np.ndarray, system: str, path: str) -> np.ndarray:
+    """``[sims, n, n]`` relation matrices -> int32 ``[sims, n(n-1)]`` labels."""
+    directed = graph.matrix_to_edges(edges)
+    allowed = (0.0, 1.0) if system == "springs" else (-1.0, 1.0)
+    bad = ~np.isin(directed, allowed)
+    if bad.any():
+        values = np.unique(directed[bad])[:5]
+        raise ValueError(
+            f"{path}: {system} relations must be in {allowed} off the diagonal, found {values}"
+        )
+    return (directed > 0).astype(np.int32)
+
+
+def _normalise_split(loc: np.ndarray, vel: np.ndarray, norm: Normalization, chunk: int = 4096):
+    """``[sims, frames, 2, n]`` loc/vel -> normalised float32 ``[sims, frames, n, 4]``."""
+    sims, frames, _, n = loc.shape
+    states = np.empty((sims, frames, n, 4), np.float32)
+    for start in range(0, sims, chunk):  # float64 arithmetic, bounded temporary memory
+        sl = slice(start, start + chunk)
+        raw = np.concatenate([loc[sl], vel[sl]], axis=2).astype(np.float64)  # [s, f, 4, n]
+        states[sl] = norm.normalise(np.swapaxes(raw, 2, 3))
+    return states
+
+
+def load_dataset(
+    data_dir: str,
+    system: str,
+    num_particles: int = 5,
+    splits: Sequence[str] = SPLITS,
+    normalization: Normalization | None = None,
+) -> Dataset:
+    """Loads splits written by :func:`generate_dataset` or released by Kipf et al.
+
+    Args:
+      data_dir: directory with the ``.npy`` files (see the module docstring).
+      system: ``"springs"`` or ``"charged"``.
+      num_particles: ``n``; must match the files.
+      splits: which of train / valid / test to load.
+      normalization: statistics to use; by default computed on the train split, which
+        must then be among ``splits``.
+
+    Returns:
+      A :class:`Dataset`; each split's ``states`` float32 ``[sims, frames, n, 4]``
+      normalised with the train statistics, ``labels`` int32 ``[sims, n(n-1)]``.
+
+    Raises:
+      FileNotFoundError: a file is missing (the message names it).
+      ValueError: unknown system / split, shapes that disagree, particle count
+        different from ``num_particles``, NaN/inf, relation values outside the system's
+        set (the message names the file and the problem).
+    """
+    _check_system(system)
+    splits = _check_splits(splits)
+    if normalization is None and "train" not in splits:
+        raise ValueError(
+            "the normalisation comes from the train split: load 'train' or pass normalization="
+        )
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"dataset directory {data_dir} does not exist")
+    order = sorted(splits, key=lambda s: s != "train")  # train first: it gives the stats
+    loaded = {}
+    for split in order:
+        loc, vel, labels = _load_raw(data_dir, split, system, num_particles)
+        if normalization is None:
+            normalization = Normalization.from_arrays(loc, vel)
+        loaded[split] = Split(_normalise_split(loc, vel, normalization), labels)
+    return Dataset(
+        system=system,
+        num_particles=num_particles,
+        normalization=normalization,
+        splits={s: loaded[s] for s in splits},
+    )
+
+
+def _read_meta(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def ensure_dataset(
+    data_dir: str,
+    system: str,
+    num_train: int,
+    num_valid: int,
+    num_test: int,
+    seed: int,
+    num_particles: int = 5,
+    *,
+    regenerate: bool = False,
+    progress: SplitProgressFn | None = None,
+    **generate_kwargs,
+) -> Dataset:
+    """Loads the dataset in ``data_dir``, generating it first if needed (generate-and-cache).
+
+    * ``meta_{system}{n}.json`` present and equal to the requested arguments, all files
+      present: load.
+    * files missing, or our meta present but different (other sizes / seed / settings),
+      or ``regenerate``: generate (overwriting) then load.
+    * all files present but no meta (e.g. Kipf's released files): load them if their
+      simulation counts match the request, else raise ``ValueError`` rather than
+      overwrite data we did not write.
+
+    Args:
+      data_dir, system, num_train, num_valid, num_test, seed, num_particles: as in
+        :func:`generate_dataset`.
+      regenerate: always generate.
+      progress: passed to :func:`generate_dataset`.
+      **generate_kwargs: other :func:`generate_dataset` arguments (steps, dtype, ...).
+
+    Returns:
+      The :class:`Dataset` of all three splits.
+    """
+    _check_system(system)
+    chunk_size = generate_kwargs.pop("chunk_size", 4096)
+    wanted = generation_meta(
+        system, num_train, num_valid, num_test, seed, num_particles, **generate_kwargs
+    )
+    names = [
+        file_name(k, s, system, num_particles) for s in SPLITS for k in ("loc", "vel", "edges")
+    ]
+    have_all = all(os.path.exists(os.path.join(data_dir, f)) for f in names)
+    meta_path = os.path.join(data_dir, meta_file_name(system, num_particles))
+    meta = _read_meta(meta_path) if os.path.exists(meta_path) else None
+    foreign = have_all and meta is None and not regenerate
+    if foreign:
+        requested = {"train": num_train, "valid": num_valid, "test": num_test}
+        for split in SPLITS:
+            path = os.path.join(data_dir, file_name("loc", split, system, num_particles))
+            sims = np.load(path, mmap_mode="r", allow_pickle=False).shape[0]
+            if sims != requested[split]:
+                raise ValueError(
+                    f"{path} has {sims} simulations but num_{split}={requested[split]}, and "
+                    f"{data_dir} has no {meta_file_name(system, num_particles)} (not written "
+                    "by us): refusing to overwrite it; use another data_dir or regenerate=True"
+                )
+    elif regenerate or not have_all or meta != wanted:
+        generate_dataset(
+            system,
+            data_dir,
+            num_train,
+            num_valid,
+            num_test,
+            seed,
+            num_particles,
+            chunk_size=chunk_size,
+            progress=progress,
+            **generate_kwargs,
+        )
+    return load_dataset(data_dir, system, num_particles)
+
+
+# ----------------------------------------------------------------------------------------
+# Task batches.
+
+
+def task_batches(
+    num_tasks: int, batch_size: int, seed: int, epoch: int, drop_remainder: bool = True
+) -> np.ndarray:
+    """A shuffled epoch of fixed-size batches of task indices.
+
+    Deterministic in ``(seed, epoch)``, so a resumed run replays the same order.
+
+    Args:
+      num_tasks: tasks in the split.
+      batch_size: tasks per batch.
+      seed, epoch: the permutation is ``default_rng([seed, epoch]).permutation``.
+      drop_remainder: drop the last partial batch; otherwise it is filled up with the
+        first tasks of the permutation (they appear twice in that epoch).
+
+    Returns:
+      int32 ``[num_batches, batch_size]``.
+    """
+    if num_tasks <= 0 or batch_size <= 0:
+        raise ValueError(
+            f"num_tasks and batch_size must be positive, got {num_tasks}, {batch_size}"
+        )
+    if drop_remainder and batch_size > num_tasks:
+        raise ValueError(f"batch_size={batch_size} > num_tasks={num_tasks}: no full batch")
+    if seed < 0 or epoch < 0:
+        raise ValueError(f"seed and epoch must be non-negative, got {seed}, {epoch}")
+    perm = np.random.default_rng([seed, epoch]).permutation(num_tasks).astype(np.int32)
+    num_batches, rest = divmod(num_tasks, batch_size)
+    if rest and not drop_remainder:
+        num_batches += 1
+        perm = np.resize(perm, num_batches * batch_size)  # wraps around
+    return perm[: num_batches * batch_size].reshape(num_batches, batch_size)
+
+
+def eval_batches(num_tasks: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every task once, in order, in fixed-size batches with a validity mask.
+
+    Returns:
+      ``(indices int32 [num_batches, batch_size], mask bool [num_batches, batch_size])``;
+      padding entries repeat the last task and have ``mask`` False.
+    """
+    if num_tasks <= 0 or batch_size <= 0:
+        raise ValueError(
+            f"num_tasks and batch_size must be positive, got {num_tasks}, {batch_size}"
+        )
+    num_batches = -(-num_tasks // batch_size)
+    flat = np.arange(num_batches * batch_size)
+    mask = flat < num_tasks
+    indices = np.minimum(flat, num_tasks - 1).astype(np.int32)
+    return indices.reshape(num_batches, batch_size), mask.reshape(num_batches, batch_size)
+
+
+def gather(split: Split, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """States and labels of a batch of tasks.
+
+    Args:
+      split: a loaded :class:`Split`.
+      indices: int ``[...]`` task indices, e.g. one row of :func:`task_batches`.
+
+    Returns:
+      ``(states float32 [..., frames, n, 4], labels int32 [..., n(n-1)])``.
+    """
+    indices = np.asarray(indices)
+    if indices.size and (indices.min() < 0 or indices.max() >= split.num_tasks):
+        raise ValueError(
+            f"task indices must be in [0, {split.num_tasks}), got range "
+            f"[{indices.min()}, {indices.max()}]"
+        )
+    return split.states[indices], split.labels[indices]
