@@ -5,7 +5,7 @@ temperature. The scan carries a typed :class:`AnnealState` and emits per-step
 :class:`AnnealDiagnostics` (stacked over steps).
 
 Energies are per-task losses (lower is better). A proposal with a non-finite energy is
-never accepted. Metropolis: accept if ``E' < E`` or ``u < exp(-(E' - E) / T)``.
+never accepted. Metropolis: accept if ``E' <= E`` or ``u < exp(-(E' - E) / T)``.
 """
 
 from __future__ import annotations
@@ -58,11 +58,12 @@ def metropolis(key, energy, proposed_energy, temperature):
       temperature: scalar > 0.
 
     Returns:
-      ``(accept, worse)``: bool ``[B]``; ``worse`` marks finite proposals that are not better.
+      ``(accept, worse)``: bool ``[B]``; ``worse`` marks finite proposals with a higher
+      energy. Equal-energy (e.g. unchanged) proposals are accepted and not counted as worse.
     """
     finite = jnp.isfinite(proposed_energy)
     delta = proposed_energy - energy
-    better = finite & ((delta < 0) | ~jnp.isfinite(energy))
+    better = finite & ((delta <= 0) | ~jnp.isfinite(energy))
     worse = finite & ~better
     u = jax.random.uniform(key, energy.shape, dtype=proposed_energy.dtype)
     safe_delta = jnp.where(worse, delta, 0.0)

@@ -151,8 +151,11 @@ def make_bouncegrad_step(
     proposal_fn = structure_lib.make_proposal(
         config.proposal, bank.num_modules, num_nodes, config.uniform_mix
     )
-    if config.proposal != "uniform" and proposal_apply is None:
+    if config.proposal == "blocked_gibbs" and proposal_apply is None:
         raise ValueError(f"proposal {config.proposal!r} needs a proposal network")
+    configs = None
+    if config.proposal == "exact_local":
+        configs = jnp.asarray(structure_lib.incoming_configs(num_nodes, bank.num_modules))
     if config.sa_steps < 0:
         raise ValueError(f"sa_steps must be >= 0, got {config.sa_steps}")
 
@@ -176,8 +179,10 @@ def make_bouncegrad_step(
             energy = loss_fn(state.params, batch.states, structure)
 
         logits = None
-        if proposal_apply is not None:
+        if config.proposal == "blocked_gibbs":
             logits = proposal_apply(state.proposal_params, batch.states)
+        elif config.proposal == "exact_local":
+            logits = gnn.incoming_config_losses(bank, state.params, batch.states, configs)
 
         # 1. Simulated annealing on the structures, weights fixed.
         sa_state = annealing.AnnealState(structure, energy, k_anneal, state.temperature)

@@ -44,6 +44,8 @@ class Config:
     proposal: str = "uniform"
     uniform_mix: float = 0.1
     # Meta-test.
+    test_proposal: str = "uniform"
+    test_uniform_mix: float = 0.5
     test_sa_steps: int = 200
     test_t_start: float = 1e-5
     test_t_end: float = 1e-8
@@ -62,6 +64,10 @@ class Config:
         _check(
             self.proposal in PROPOSAL_KINDS,
             f"unknown proposal {self.proposal!r}; expected one of {PROPOSAL_KINDS}",
+        )
+        _check(
+            self.test_proposal in PROPOSAL_KINDS,
+            f"unknown test_proposal {self.test_proposal!r}; expected one of {PROPOSAL_KINDS}",
         )
         _check(
             self.edge_compute in gnn.EDGE_COMPUTE_KINDS,
@@ -99,7 +105,9 @@ class Config:
         for name in ("initial_temperature", "test_t_start", "test_t_end", "temperature_decay_steps"):
             value = getattr(self, name)
             _check(value > 0, f"{name} must be positive, got {value}")
-        _check(0.0 <= self.uniform_mix <= 1.0, f"uniform_mix must be in [0, 1], got {self.uniform_mix}")
+        for name in ("uniform_mix", "test_uniform_mix"):
+            value = getattr(self, name)
+            _check(0.0 <= value <= 1.0, f"{name} must be in [0, 1], got {value}")
         _check(
             all(w > 0 for w in (*self.edge_hidden, *self.node_hidden))
             and self.edge_hidden
@@ -133,8 +141,8 @@ def define_flags(flags_module, system_default: str = "springs") -> None:
         help_text = f"Config.{field.name}"
         if field.name == "system":
             flags.DEFINE_enum("system", value, list(SYSTEMS), "Physical system.")
-        elif field.name == "proposal":
-            flags.DEFINE_enum("proposal", value, list(PROPOSAL_KINDS), "Annealing proposal.")
+        elif field.name in ("proposal", "test_proposal"):
+            flags.DEFINE_enum(field.name, value, list(PROPOSAL_KINDS), "Annealing proposal.")
         elif field.name == "edge_compute":
             flags.DEFINE_enum(
                 "edge_compute", value, list(gnn.EDGE_COMPUTE_KINDS), "Edge module dispatch."

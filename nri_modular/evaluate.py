@@ -35,7 +35,9 @@ class SearchConfig:
       t_start, t_end: geometric temperature schedule.
       p: rollout length of the energy (as in training).
       batch_size: tasks annealed together (static shape; the last batch is padded).
-      proposal, uniform_mix: see :func:`nri_modular.structure.make_proposal`.
+      proposal, uniform_mix: see :func:`nri_modular.structure.make_proposal`. Search
+        starts from a random structure (uniform), the proposal network's argmax
+        (blocked_gibbs) or the exact one-step optimum (exact_local).
     """
 
     num_steps: int = 200
@@ -78,7 +80,11 @@ def _search_batch(bank, params, states, key, config, num_nodes, proposal_params,
 
     k_init, k_anneal = jax.random.split(key)
     logits = None
-    if proposal_apply is not None:
+    if config.proposal == "exact_local":
+        configs = jnp.asarray(structure_lib.incoming_configs(num_nodes, bank.num_modules))
+        logits = gnn.incoming_config_losses(bank, params, states, configs)
+        init = structure_lib.exact_best_structure(logits, num_nodes, bank.num_modules)
+    elif proposal_apply is not None:
         logits = proposal_apply(proposal_params, states)
         init = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     else:

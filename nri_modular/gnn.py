@@ -232,7 +232,7 @@ def rollout_loss(
         bank, params, states, structure, p, block_rows=block_rows, edge_compute=edge_compute
     )
     sq = jnp.square(preds - targets).mean(axis=(-1, -2))  # [B, C, p]
-    return (sq * mask).sum(axis=(1, 2)) / mask.sum()
+    return (sq * mask[None]).sum(axis=(1, 2)) / mask.sum()
 
 
 def rollout_flops(bank: ModuleBank, num_tasks: int, num_frames: int, n: int, p: int) -> int:
@@ -275,6 +275,38 @@ def graph_step(
     net = jraph.GraphNetwork(update_edge_fn=update_edge_fn, update_node_fn=update_node_fn)
     out = net(graphs)
     return out._replace(edges=graphs.edges)
+
+
+def incoming_config_losses(
+    bank: ModuleBank, params: Params, states: jax.Array, configs: jax.Array
+) -> jax.Array:
+    """One-step (teacher-forced) loss of node ``i`` for every setting of its incoming edges.
+
+    Under the one-step loss, the edges entering node ``i`` change only node ``i``'s
+    prediction, so the loss of a structure is ``sum_i loss_i(S[edges into i])`` and the
+    exact best structure is found node by node. Messages of every module on every edge are
+    computed once; each setting's aggregate is a sum of selected messages.
+
+    Args:
+      states: ``[B, T, n, d]``.
+      configs: int32 ``[C, n-1]``, settings of a node's incoming edges (``C = K^(n-1)``).
+
+    Returns:
+      ``[B, n, C]`` mean squared one-step error of node ``i`` under setting ``c``.
+    """
+    b, t, n, d = states.shape
+    receivers, senders = graph_lib.edge_index(n)
+    current = states[:, :-1]  # [B, T-1, n, d]
+    x = jnp.concatenate([current[:, :, senders], current[:, :, receivers]], axis=-1)
+    every = bank.apply_edge_all(params["edge"], x.reshape(-1, 2 * d))  # [K, rows, H]
+    k, _, h = every.shape
+    every = every.reshape(k, b, t - 1, n, n - 1, h)
+    onehot = jax.nn.one_hot(configs, k, dtype=every.dtype)  # [C, n-1, K]
+    agg = jnp.einsum("kbtijh,cjk->btich", every, onehot)  # [B, T-1, n, C, H]
+    node_in = jnp.broadcast_to(current[:, :, :, None, :], (*agg.shape[:-1], d))
+    pred = node_in + bank.apply_node(params["node"], jnp.concatenate([node_in, agg], axis=-1))
+    err = jnp.square(pred - states[:, 1:, :, None, :]).mean(axis=-1)  # [B, T-1, n, C]
+    return err.mean(axis=1)
 
 
 def _check_structure(states: jax.Array, structure: jax.Array) -> None:

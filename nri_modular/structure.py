@@ -6,11 +6,13 @@ A structure is int32 ``[n(n-1)]`` per task (``[tasks, n(n-1)]`` batched), receiv
 
 Proposals share one signature so search is pluggable::
 
-  # Signature: (key, structure [B, E] int32, logits [B, E, K] | None) -> structure [B, E]
+  # Signature: (key, structure [B, E] int32, aux) -> structure [B, E]
   ProposalFn = Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array]
 
-``logits`` are the learned proposal network's per-edge module logits (ignored by the
-uniform proposal).
+``aux`` is what the proposal learns from, fixed during one annealing run: ``None`` for the
+uniform proposal, the learned proposal network's per-edge module logits ``[B, E, K]`` for
+blocked Gibbs, and the one-step losses of every setting of every node's incoming edges
+``[B, n, K^(n-1)]`` (:func:`nri_modular.gnn.incoming_config_losses`) for exact local moves.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from nri_modular import graph as graph_lib
 
 ProposalFn = Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array]
 
-PROPOSAL_KINDS = ("uniform", "blocked_gibbs")
+PROPOSAL_KINDS = ("uniform", "blocked_gibbs", "exact_local")
 
 
 def random_structures(key: jax.Array, num_tasks: int, num_nodes: int, num_modules: int):
@@ -78,11 +80,59 @@ def propose_blocked_gibbs(
     return jnp.where(incoming_edge_mask(node, num_nodes), sample, structure)
 
 
+def incoming_configs(num_nodes: int, num_modules: int):
+    """Every setting of one node's ``n - 1`` incoming edges: int32 ``[K^(n-1), n-1]``."""
+    import itertools
+
+    import numpy as np
+
+    if num_modules ** (num_nodes - 1) > 65536:
+        raise ValueError(
+            f"exact local moves enumerate K^(n-1) = {num_modules}^{num_nodes - 1} settings; "
+            "too many (use at most 65536, e.g. n <= 10 with K = 2)"
+        )
+    return np.asarray(list(itertools.product(range(num_modules), repeat=num_nodes - 1)), np.int32)
+
+
+def propose_exact_local(
+    key: jax.Array, structure: jax.Array, scores: jax.Array, num_nodes: int, num_modules: int
+) -> jax.Array:
+    """Exact blocked move: pick a random node, give its incoming edges their best setting.
+
+    Args:
+      structure: int32 ``[B, E]``.
+      scores: ``[B, n, C]`` loss of each setting (:func:`incoming_configs` order).
+
+    Returns:
+      int32 ``[B, E]``; only edges into the chosen node may differ.
+    """
+    b = structure.shape[0]
+    configs = jnp.asarray(incoming_configs(num_nodes, num_modules))
+    node = jax.random.randint(key, (b,), 0, num_nodes)
+    best = jnp.argmin(scores[jnp.arange(b), node], axis=-1)  # [B]
+    setting = configs[best]  # [B, n-1]
+    tiled = jnp.tile(setting, (1, num_nodes)).astype(structure.dtype)  # [B, E] receiver-major
+    return jnp.where(incoming_edge_mask(node, num_nodes), tiled, structure)
+
+
+def exact_best_structure(scores: jax.Array, num_nodes: int, num_modules: int) -> jax.Array:
+    """Every node's best incoming setting at once: the exact argmin of the one-step loss.
+
+    Args:
+      scores: ``[B, n, C]``.
+
+    Returns:
+      int32 ``[B, n(n-1)]``.
+    """
+    configs = jnp.asarray(incoming_configs(num_nodes, num_modules))
+    return configs[jnp.argmin(scores, axis=-1)].reshape(scores.shape[0], -1)
+
+
 def make_proposal(kind: str, num_modules: int, num_nodes: int, uniform_mix: float = 0.0):
     """Proposal function by name.
 
     Args:
-      kind: ``"uniform"`` or ``"blocked_gibbs"``.
+      kind: ``"uniform"``, ``"blocked_gibbs"`` or ``"exact_local"``.
       uniform_mix: for ``blocked_gibbs``, probability of making a uniform move instead
         (keeps the chain ergodic whatever the learned proposal says).
 
@@ -102,19 +152,21 @@ def make_proposal(kind: str, num_modules: int, num_nodes: int, uniform_mix: floa
 
     if kind == "uniform":
         return uniform
+    if kind == "exact_local":
+        incoming_configs(num_nodes, num_modules)  # Fails early if too many settings.
 
-    def blocked_gibbs(key, structure, logits):
-        if logits is None:
-            raise ValueError("blocked_gibbs proposal needs proposal logits")
-        k_mix, k_u, k_g = jax.random.split(key, 3)
+    def mixed(key, structure, aux):
+        if aux is None:
+            raise ValueError(f"{kind} proposal needs its aux input (logits or scores)")
+        k_mix, k_u, k_p = jax.random.split(key, 3)
         use_uniform = jax.random.uniform(k_mix, (structure.shape[0], 1)) < uniform_mix
-        return jnp.where(
-            use_uniform,
-            propose_uniform(k_u, structure, num_modules),
-            propose_blocked_gibbs(k_g, structure, logits, num_nodes),
-        )
+        if kind == "blocked_gibbs":
+            move = propose_blocked_gibbs(k_p, structure, aux, num_nodes)
+        else:
+            move = propose_exact_local(k_p, structure, aux, num_nodes, num_modules)
+        return jnp.where(use_uniform, propose_uniform(k_u, structure, num_modules), move)
 
-    return blocked_gibbs
+    return mixed
 
 
 def confusion(structure: jax.Array, labels: jax.Array, num_modules: int, num_types: int):

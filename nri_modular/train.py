@@ -41,6 +41,19 @@ _STATE_FIELDS = (
 )
 
 
+def quiet_library_logs() -> None:
+    """Keeps Orbax's per-save INFO lines out of the training log (warnings still show)."""
+    import logging as std_logging
+
+    class _DropOrbaxInfo(std_logging.Filter):
+        def filter(self, record):
+            return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+
+    for handler in std_logging.getLogger().handlers + std_logging.getLogger("absl").handlers:
+        handler.addFilter(_DropOrbaxInfo())
+    logging.get_absl_handler().addFilter(_DropOrbaxInfo())
+
+
 def build_bank(config: Config) -> ModuleBank:
     """The module bank the config describes."""
     return ModuleBank(config.num_modules, config.edge_hidden, config.node_hidden)
@@ -69,7 +82,8 @@ def search_config(config: Config) -> evaluate.SearchConfig:
         t_end=config.test_t_end,
         p=config.p,
         batch_size=config.test_batch_size,
-        proposal="uniform",
+        proposal=config.test_proposal,
+        uniform_mix=config.test_uniform_mix,
         block_rows=config.block_rows,
         edge_compute=config.edge_compute,
     )
@@ -297,10 +311,28 @@ def meta_test(config: Config, bank: ModuleBank, state, train_labels, test) -> di
         "edge_accuracy": evaluate.edge_accuracy(structures, test.labels, mapping),
         "train_edge_accuracy": evaluate.edge_accuracy(train_structures, train_labels, mapping),
         "mse_1": float(mse[0]),
-        "mse_10": float(mse[min(9, len(mse) - 1)]),
-        "mse_20": float(mse[min(19, len(mse) - 1)]),
+        "mse_10": float(mse[9]) if len(mse) >= 10 else None,
+        "mse_20": float(mse[19]) if len(mse) >= 20 else None,
         "mse_per_step": [float(v) for v in mse],
         "module_to_relation": [int(v) for v in mapping],
         "num_test_tasks": int(test.states.shape[0]),
         "test_search_seconds": search_seconds,
     }
+
+
+def format_results(results: dict) -> str:
+    """A results table (edge accuracy, MSE at 1/10/20 steps) for the terminal."""
+    lines = [
+        f"{results['system']}: {results['num_test_tasks']} test tasks, "
+        f"{results['num_train_tasks']} training tasks, {results['wall_seconds']:.0f} s wall",
+        "| metric | value |",
+        "|---|---|",
+        f"| edge accuracy (test) | {100 * results['edge_accuracy']:.2f}% |",
+        f"| edge accuracy (train structures) | {100 * results['train_edge_accuracy']:.2f}% |",
+    ]
+    for k in (1, 10, 20):
+        value = results[f"mse_{k}"]
+        lines.append(f"| MSE {k} step{'s' if k > 1 else ''} | " + (
+            f"{value:.3e} |" if value is not None else "n/a (horizon too short) |"
+        ))
+    return "\n".join(lines)

@@ -5,9 +5,23 @@
 and batches tasks.
 """
 
+from nri_modular.data.datasets import (
+    SPLITS,
+    Dataset,
+    Normalization,
+    Split,
+    ensure_dataset,
+    eval_batches,
+    file_name,
+    gather,
+    generate_dataset,
+    load_dataset,
+    task_batches,
+)
 from nri_modular.data.physics import (
     SYSTEMS,
     SystemConfig,
+    compile_simulate,
     integrate,
     integrate_batch,
     num_frames,
@@ -17,12 +31,24 @@ from nri_modular.data.physics import (
 )
 
 __all__ = [
+    "SPLITS",
     "SYSTEMS",
+    "Dataset",
+    "Normalization",
+    "Split",
     "SystemConfig",
+    "compile_simulate",
+    "ensure_dataset",
+    "eval_batches",
+    "file_name",
+    "gather",
+    "generate_dataset",
     "integrate",
     "integrate_batch",
+    "load_dataset",
     "num_frames",
     "sample_initial_states",
     "simulate",
     "system_config",
+    "task_batches",
 ]

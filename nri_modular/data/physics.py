@@ -406,6 +406,39 @@ def integrate(
 ProgressFn = Callable[[int, int], None]
 
 
+def _chunking(num_sims: int, chunk_size: int) -> tuple[int, int]:
+    """``(num_chunks, size)``: equal chunks, at most ``num_chunks - 1`` padded sims."""
+    num_chunks = -(-num_sims // chunk_size)
+    return num_chunks, -(-num_sims // num_chunks)
+
+
+def compile_simulate(
+    system: str | SystemConfig,
+    num_sims: int,
+    num_particles: int = 5,
+    num_steps: int = 5000,
+    sample_freq: int = 100,
+    *,
+    dtype=np.float32,
+    chunk_size: int = 4096,
+    **overrides,
+) -> None:
+    """Compiles the integrator for the chunk shape :func:`simulate` will use.
+
+    For benchmarks: a following :func:`simulate` with the same arguments runs without
+    compiling. Arguments as in :func:`simulate`.
+    """
+    config = system_config(system, **overrides)
+    frames = num_frames(num_steps, sample_freq)
+    _check_num_sims(num_sims)
+    _, size = _chunking(num_sims, chunk_size)
+    dtype = np.dtype(dtype)
+    with jax.enable_x64(dtype == np.float64):
+        x = jax.ShapeDtypeStruct((size, 2, num_particles), dtype)
+        r = jax.ShapeDtypeStruct((size, num_particles, num_particles), dtype)
+        _integrate_batch_jit.lower(x, x, r, config, frames, sample_freq).compile()
+
+
 def simulate(
     system: str | SystemConfig,
     seed: int | np.random.Generator,
@@ -457,8 +490,7 @@ def simulate(
     if dtype not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}")
     loc0, vel0, edges = sample_initial_states(seed, config, num_sims, num_particles, dtype)
-    num_chunks = -(-num_sims // chunk_size)
-    size = -(-num_sims // num_chunks)  # equal chunks: at most num_chunks - 1 padded sims
+    num_chunks, size = _chunking(num_sims, chunk_size)
     pad = num_chunks * size - num_sims
     padded = [np.concatenate([a, a[:pad]]) if pad else a for a in (loc0, vel0, edges)]
     loc = np.empty((num_sims, frames, 2, num_particles), dtype)

@@ -1,0 +1,116 @@
+"""Simulated annealing and proposals on planted problems (no neural network needed)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nri_modular import annealing
+from nri_modular import structure as structure_lib
+
+N, K = 5, 2
+E = N * (N - 1)
+
+
+def _planted(b, seed=0, k=K):
+    return structure_lib.random_structures(jax.random.PRNGKey(seed), b, N, k)
+
+
+def _hamming_energy(target):
+    return lambda s: (s != target).mean(axis=-1).astype(jnp.float32)
+
+
+def test_metropolis_never_accepts_non_finite_energy():
+    energy = jnp.array([1.0, 1.0, jnp.inf, 1.0])
+    proposed = jnp.array([jnp.nan, jnp.inf, jnp.nan, 0.5])
+    for seed in range(5):
+        accept, worse = annealing.metropolis(jax.random.PRNGKey(seed), energy, proposed, 1e9)
+        np.testing.assert_array_equal(np.asarray(accept), [False, False, False, True])
+        assert not np.asarray(worse).any()
+
+
+def test_metropolis_worse_moves_follow_temperature():
+    n = 20000
+    energy = jnp.zeros(n)
+    proposed = jnp.full(n, 1.0)
+    accept, worse = annealing.metropolis(jax.random.PRNGKey(0), energy, proposed, 1.0)
+    assert np.asarray(worse).all()
+    assert abs(float(accept.mean()) - np.exp(-1.0)) < 0.02
+    accept, _ = annealing.metropolis(jax.random.PRNGKey(0), energy, proposed, 1e-6)
+    assert not np.asarray(accept).any()
+
+
+def test_uniform_proposal_changes_exactly_one_edge():
+    s = _planted(64)
+    new = structure_lib.propose_uniform(jax.random.PRNGKey(1), s, 3)
+    np.testing.assert_array_equal(np.asarray((new != s).sum(axis=1)), 1)
+    assert int(new.max()) < 3 and int(new.min()) >= 0
+
+
+def test_blocked_gibbs_changes_only_edges_into_the_chosen_node():
+    s = _planted(200, k=3)
+    logits = jax.random.normal(jax.random.PRNGKey(2), (200, E, 3)) * 5
+    receivers, _ = __import__("nri_modular.graph", fromlist=["edge_index"]).edge_index(N)
+    for seed in range(5):
+        new = np.asarray(structure_lib.propose_blocked_gibbs(jax.random.PRNGKey(seed), s, logits, N))
+        changed = new != np.asarray(s)
+        for b in range(200):
+            nodes = set(receivers[changed[b]].tolist())
+            assert len(nodes) <= 1
+
+
+def test_exact_local_move_takes_the_best_setting():
+    configs = structure_lib.incoming_configs(N, K)
+    assert configs.shape == (K ** (N - 1), N - 1)
+    b = 8
+    best = np.random.RandomState(0).randint(0, len(configs), size=(b, N))
+    scores = np.ones((b, N, len(configs)), np.float32)
+    scores[np.arange(b)[:, None], np.arange(N)[None, :], best] = 0.0
+    s = jnp.zeros((b, E), jnp.int32)
+    new = np.asarray(structure_lib.propose_exact_local(jax.random.PRNGKey(0), s, scores, N, K))
+    full = np.asarray(structure_lib.exact_best_structure(jnp.asarray(scores), N, K))
+    np.testing.assert_array_equal(full.reshape(b, N, N - 1), configs[best])
+    changed_nodes = (new.reshape(b, N, N - 1) != 0).any(-1)
+    for i in range(b):
+        for node in np.flatnonzero(changed_nodes[i]):
+            np.testing.assert_array_equal(new.reshape(b, N, N - 1)[i, node], configs[best[i, node]])
+
+
+def test_uniform_mix_one_reproduces_uniform_sa():
+    s = _planted(32)
+    logits = jnp.zeros((32, E, K))
+    mixed = structure_lib.make_proposal("blocked_gibbs", K, N, uniform_mix=1.0)
+    key = jax.random.PRNGKey(3)
+    k_mix, k_u, _ = jax.random.split(key, 3)
+    np.testing.assert_array_equal(
+        np.asarray(mixed(key, s, logits)), np.asarray(structure_lib.propose_uniform(k_u, s, K))
+    )
+
+
+def test_unknown_proposal_is_an_error():
+    with pytest.raises(ValueError, match="unknown proposal 'magic'"):
+        structure_lib.make_proposal("magic", K, N)
+
+
+def test_sa_recovers_a_planted_structure_and_lowers_energy():
+    target = _planted(16, seed=4)
+    energy_fn = _hamming_energy(target)
+    init = _planted(16, seed=5)
+    state = annealing.AnnealState(init, energy_fn(init), jax.random.PRNGKey(6), jnp.float32(0.1))
+    temps = annealing.geometric_temperatures(0.05, 1e-4, 400)
+    proposal = structure_lib.make_proposal("uniform", K, N)
+    run = jax.jit(lambda st: annealing.anneal(st, energy_fn, proposal, temps))
+    final, diag = run(state)
+    assert diag.mean_energy.shape == (400,)
+    assert float(diag.mean_energy[-1]) < float(energy_fn(init).mean())
+    np.testing.assert_array_equal(np.asarray(final.structure), np.asarray(target))
+    assert float(final.energy.max()) == 0.0
+
+
+def test_temperature_adaptation():
+    t = jnp.float32(1.0)
+    assert float(annealing.adapt_temperature(t, 0.5, 0.1)) == pytest.approx(1 / 1.1)
+    assert float(annealing.adapt_temperature(t, 0.01, 0.1)) == pytest.approx(1.1)
+    assert float(annealing.adapt_temperature(t, jnp.nan, 0.1)) == 1.0
+    assert float(annealing.target_worse_acceptance(0, 800.0)) == pytest.approx(np.exp(-1))
+    assert float(annealing.target_worse_acceptance(800, 800.0)) == pytest.approx(np.exp(-6))
