@@ -133,7 +133,7 @@ def test_float32_drift_from_float64_is_small_for_springs():
     )  # fmt: skip
     assert loc32.dtype == jnp.float32
     drift = np.abs(np.asarray(loc32)[:, -1] - loc64[:, -1]).max()
-    assert drift < 1e-3, drift  # measured ~6e-5 (positions are O(1))
+    assert drift < 1e-3, drift  # measured: max 3e-4, median 3e-6 over 200 sims
 
 
 def _per_sim_stats(loc, vel, frames=(0, 24, 48)):
@@ -162,7 +162,7 @@ def test_distribution_matches_reference(system):
     """Means of per-simulation statistics agree within sampling error (|z| < 4.5)."""
     num = 300
     loc, vel, edges = physics.simulate(system, 7, num, chunk_size=150)
-    rloc, rvel, redges = ref.simulate_vectorised(system, num, seed=7)
+    rloc, rvel, redges = ref.simulate_vectorised(system, num, seed=8)  # independent draws
     z = _z_scores(_per_sim_stats(loc, vel), _per_sim_stats(rloc, rvel))
     off = ~np.eye(5, dtype=bool)
     z["edge_frac"] = _z_scores(
