@@ -227,3 +227,8 @@ def test_integrate_bad_shapes():
         physics.integrate_batch(
             np.zeros((2, 3, 5)), np.zeros((2, 3, 5)), np.zeros((2, 5, 5)), system="springs"
         )
+
+
+def test_conftest_makes_rank_promotion_strict():
+    with pytest.raises(ValueError, match="jax_numpy_rank_promotion=.raise."):
+        jnp.zeros((2, 3)) + jnp.zeros(3)
