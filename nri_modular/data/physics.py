@@ -353,7 +353,8 @@ def integrate_batch(
 
     Returns:
       ``(loc, vel)``, each ``[B, frames, 2, n]`` with ``frames = num_steps //
-      sample_freq - 1``, in the dtype of ``loc0``.
+      sample_freq - 1``, in the dtype of ``loc0`` (float64 only under
+      ``with jax.enable_x64(True):``; otherwise JAX computes in float32).
     """
     config = system_config(system, **overrides)
     frames = num_frames(num_steps, sample_freq)
