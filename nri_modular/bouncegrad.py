@@ -44,6 +44,7 @@ class BounceGradConfig:
       proposal: ``"uniform"`` or ``"blocked_gibbs"`` (needs a proposal network).
       uniform_mix: probability of a uniform move when ``proposal="blocked_gibbs"``.
       num_types: number of true relation types (for edge-accuracy metrics only).
+      exact_stride: ``exact_local`` scores every ``exact_stride``-th transition.
       block_rows, edge_compute: see :mod:`nri_modular.gnn`.
     """
 
@@ -55,6 +56,7 @@ class BounceGradConfig:
     proposal: str = "uniform"
     uniform_mix: float = 0.0
     num_types: int = 2
+    exact_stride: int = 1
     block_rows: int = 512
     edge_compute: str = "blocked"
 
@@ -182,7 +184,9 @@ def make_bouncegrad_step(
         if config.proposal == "blocked_gibbs":
             logits = proposal_apply(state.proposal_params, batch.states)
         elif config.proposal == "exact_local":
-            logits = gnn.incoming_config_losses(bank, state.params, batch.states, configs)
+            logits = gnn.incoming_config_losses(
+                bank, state.params, batch.states, configs, config.exact_stride
+            )
 
         # 1. Simulated annealing on the structures, weights fixed.
         sa_state = annealing.AnnealState(structure, energy, k_anneal, state.temperature)
@@ -249,7 +253,7 @@ def make_bouncegrad_step(
             "target_worse_rate": target,
             "temperature": state.temperature,
             "edge_accuracy": structure_lib.mapped_accuracy(structure, batch.labels, mapping),
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "proposal_loss": proposal_loss,
         }
         return new_state, metrics

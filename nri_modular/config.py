@@ -43,6 +43,7 @@ class Config:
     temperature_decay_steps: float = 800.0
     proposal: str = "uniform"
     uniform_mix: float = 0.1
+    exact_stride: int = 1
     # Meta-test.
     test_proposal: str = "uniform"
     test_uniform_mix: float = 0.5
@@ -87,6 +88,7 @@ class Config:
             "obs_frames",
             "horizon",
             "block_rows",
+            "exact_stride",
             "log_every",
             "checkpoint_every",
             "keep_checkpoints",

@@ -47,6 +47,7 @@ class SearchConfig:
     batch_size: int = 250
     proposal: str = "uniform"
     uniform_mix: float = 0.0
+    exact_stride: int = 1
     block_rows: int = 512
     edge_compute: str = "blocked"
 
@@ -82,7 +83,7 @@ def _search_batch(bank, params, states, key, config, num_nodes, proposal_params,
     logits = None
     if config.proposal == "exact_local":
         configs = jnp.asarray(structure_lib.incoming_configs(num_nodes, bank.num_modules))
-        logits = gnn.incoming_config_losses(bank, params, states, configs)
+        logits = gnn.incoming_config_losses(bank, params, states, configs, config.exact_stride)
         init = structure_lib.exact_best_structure(logits, num_nodes, bank.num_modules)
     elif proposal_apply is not None:
         logits = proposal_apply(proposal_params, states)

@@ -278,7 +278,7 @@ def graph_step(
 
 
 def incoming_config_losses(
-    bank: ModuleBank, params: Params, states: jax.Array, configs: jax.Array
+    bank: ModuleBank, params: Params, states: jax.Array, configs: jax.Array, stride: int = 1
 ) -> jax.Array:
     """One-step (teacher-forced) loss of node ``i`` for every setting of its incoming edges.
 
@@ -290,13 +290,18 @@ def incoming_config_losses(
     Args:
       states: ``[B, T, n, d]``.
       configs: int32 ``[C, n-1]``, settings of a node's incoming edges (``C = K^(n-1)``).
+      stride: score every ``stride``-th transition only (cheaper, noisier).
 
     Returns:
       ``[B, n, C]`` mean squared one-step error of node ``i`` under setting ``c``.
     """
-    b, t, n, d = states.shape
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    b, _, n, d = states.shape
     receivers, senders = graph_lib.edge_index(n)
-    current = states[:, :-1]  # [B, T-1, n, d]
+    current = states[:, :-1:stride]  # [B, T', n, d]
+    following = states[:, 1::stride]
+    t = current.shape[1] + 1
     x = jnp.concatenate([current[:, :, senders], current[:, :, receivers]], axis=-1)
     every = bank.apply_edge_all(params["edge"], x.reshape(-1, 2 * d))  # [K, rows, H]
     k, _, h = every.shape
@@ -305,7 +310,7 @@ def incoming_config_losses(
     agg = jnp.einsum("kbtijh,cjk->btich", every, onehot)  # [B, T-1, n, C, H]
     node_in = jnp.broadcast_to(current[:, :, :, None, :], (*agg.shape[:-1], d))
     pred = node_in + bank.apply_node(params["node"], jnp.concatenate([node_in, agg], axis=-1))
-    err = jnp.square(pred - states[:, 1:, :, None, :]).mean(axis=-1)  # [B, T-1, n, C]
+    err = jnp.square(pred - following[:, :, :, None, :]).mean(axis=-1)  # [B, T', n, C]
     return err.mean(axis=1)
 
 

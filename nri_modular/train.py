@@ -68,6 +68,7 @@ def bouncegrad_config(config: Config) -> bouncegrad.BounceGradConfig:
         temperature_decay_steps=config.temperature_decay_steps,
         proposal=config.proposal,
         uniform_mix=config.uniform_mix,
+        exact_stride=config.exact_stride,
         num_types=2,
         block_rows=config.block_rows,
         edge_compute=config.edge_compute,
@@ -84,6 +85,7 @@ def search_config(config: Config) -> evaluate.SearchConfig:
         batch_size=config.test_batch_size,
         proposal=config.test_proposal,
         uniform_mix=config.test_uniform_mix,
+        exact_stride=1,
         block_rows=config.block_rows,
         edge_compute=config.edge_compute,
     )

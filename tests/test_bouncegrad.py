@@ -1,0 +1,109 @@
+"""BounceGrad on tiny springs problems: finite steps, falling loss, structure recovery."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from nri_modular import bouncegrad, evaluate, gnn, graph
+from nri_modular.data import physics
+from nri_modular.modules import ModuleBank
+
+N = 4
+
+
+@pytest.fixture(scope="module")
+def springs():
+    """48 normalised springs tasks of 4 particles, 25 frames."""
+    loc, vel, edges = physics.simulate("springs", 0, 48, num_particles=N, num_steps=2500)
+    loc, vel = loc / 5.0, vel / 5.0 * 5.0  # roughly unit scale
+    states = np.concatenate([loc, vel], axis=2).transpose(0, 1, 3, 2).astype(np.float32)
+    labels = graph.matrix_to_edges(edges).astype(np.int32)
+    return states, labels
+
+
+def _setup(num_tasks, sa_steps, proposal="uniform", lr=3e-3):
+    bank = ModuleBank(2, (32, 32), (32, 32))
+    opt = optax.adam(lr)
+    cfg = bouncegrad.BounceGradConfig(p=5, sa_steps=sa_steps, proposal=proposal, uniform_mix=0.2)
+    state = bouncegrad.init_train_state(jax.random.PRNGKey(0), bank, opt, num_tasks, N)
+    step = jax.jit(bouncegrad.make_bouncegrad_step(bank, opt, cfg, N))
+    return bank, state, step
+
+
+def _batch(springs, ids):
+    states, labels = springs
+    return bouncegrad.Batch(jnp.asarray(ids), jnp.asarray(states[ids]), jnp.asarray(labels[ids]))
+
+
+@pytest.mark.parametrize("proposal", ["uniform", "exact_local"])
+def test_one_step_is_finite_and_repeated_steps_lower_the_loss(springs, proposal):
+    _, state, step = _setup(48, sa_steps=1, proposal=proposal)
+    batch = _batch(springs, np.arange(16))
+    state1, metrics = step(state, batch)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state1.params))
+    assert np.isfinite(float(metrics["loss"]))
+    assert int(state1.step) == 1
+    # The batch's structures and energies were written back; other tasks untouched.
+    assert np.isfinite(np.asarray(state1.energies[:16])).all()
+    assert np.isinf(np.asarray(state1.energies[16:])).all()
+    np.testing.assert_array_equal(
+        np.asarray(state1.structures[16:]), np.asarray(state.structures[16:])
+    )
+    s = state1
+    for _ in range(15):
+        s, m = step(s, batch)
+    assert float(m["loss"]) < 0.5 * float(metrics["loss"])
+
+
+def _teacher_problem():
+    """Trajectories rolled out by a random teacher bank with planted structures."""
+    bank = ModuleBank(2, (16, 16), (16, 16))
+    teacher = bank.init(jax.random.PRNGKey(42))
+    # Gentle dynamics: scale the node module's output layer so rollouts stay O(1).
+    out = teacher["node"]["params"]["Dense_2"]
+    teacher["node"]["params"]["Dense_2"] = {**out, "kernel": out["kernel"] * 0.2}
+    planted = jax.random.randint(jax.random.PRNGKey(1), (32, N * (N - 1)), 0, 2)
+    initial = jax.random.normal(jax.random.PRNGKey(2), (32, N, 4))
+    traj = gnn.rollout(bank, teacher, initial, planted, 11)
+    states = np.asarray(jnp.concatenate([initial[:, None], traj], axis=1))  # [32, 12, N, 4]
+    return bank, teacher, np.asarray(planted), states
+
+
+@pytest.mark.parametrize(
+    "proposal, steps, min_accuracy, min_exact_fraction",
+    [("uniform", 400, 0.85, 0.3), ("exact_local", 50, 1.0, 1.0)],
+)
+def test_sa_recovers_planted_structure_with_true_modules(
+    proposal, steps, min_accuracy, min_exact_fraction
+):
+    """Annealing with the true (teacher's) modules from random structures finds the planted
+    ones: the exact local moves always (the one-step loss decomposes over nodes); uniform
+    single-edge moves on most edges (this random-teacher landscape is rugged: measured 0.89
+    after 400 steps, 0.93 after 1,000)."""
+    bank, teacher, planted, states = _teacher_problem()
+    cfg = evaluate.SearchConfig(
+        num_steps=steps,
+        t_start=3e-3,
+        t_end=1e-6,
+        p=5,
+        batch_size=16,
+        proposal=proposal,
+        uniform_mix=0.5,
+    )
+    random_energy = np.asarray(
+        gnn.rollout_loss(bank, teacher, jnp.asarray(states), jnp.asarray(1 - planted), 5)
+    )
+    found, energies = evaluate.search_structures(bank, teacher, states, jax.random.PRNGKey(3), cfg)
+    assert evaluate.edge_accuracy(found, planted, np.array([0, 1])) >= min_accuracy
+    assert (energies < 1e-9).mean() >= min_exact_fraction  # the planted structure: zero loss
+    assert energies.mean() < 0.2 * random_energy.mean()
+
+
+def test_state_shapes(springs):
+    _, state, _ = _setup(48, sa_steps=1)
+    chex.assert_shape(state.structures, (48, N * (N - 1)))
+    chex.assert_shape(state.energies, (48,))
+    assert state.structures.dtype == jnp.int32
