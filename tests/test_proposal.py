@@ -19,12 +19,17 @@ def _states(seed, b, t=T):
     return jax.random.normal(jax.random.PRNGKey(seed), (b, t, N, 4))
 
 
-@pytest.mark.parametrize("layer_norm", [True, False])
-def test_output_shape_and_finite_logits(layer_norm):
-    init_fn, apply_fn = proposal.make_proposal_network(3, N, hidden=16, layer_norm=layer_norm)
+@pytest.fixture(scope="module")
+def net():
+    """A small proposal net (K = 3), its jitted apply and parameters, shared by tests."""
+    init_fn, apply_fn = proposal.make_proposal_network(3, N, hidden=16)
+    params = jax.jit(init_fn)(jax.random.PRNGKey(1), _states(0, 1))
+    return jax.jit(apply_fn), params
+
+
+def test_output_shape_and_finite_logits(net):
+    apply, params = net
     states = _states(0, 5)
-    params = init_fn(jax.random.PRNGKey(1), states[:1])
-    apply = jax.jit(apply_fn)
     logits = apply(params, states)
     chex.assert_shape(logits, (5, E, 3))
     chex.assert_tree_all_finite(logits)
@@ -32,6 +37,13 @@ def test_output_shape_and_finite_logits(layer_norm):
     # A task's logits do not depend on the other tasks in its batch (no batch statistics).
     chex.assert_trees_all_close(apply(params, states[2:3])[0], logits[2], atol=1e-5)
     chex.assert_shape(proposal.argmax_structure(logits), (5, E))
+
+
+def test_without_layer_norm():
+    init_fn, apply_fn = proposal.make_proposal_network(2, N, hidden=8, layer_norm=False)
+    params = init_fn(jax.random.PRNGKey(1), _states(0, 1))
+    assert "LayerNorm_0" not in params["params"]["mlp1"]
+    chex.assert_shape(jax.jit(apply_fn)(params, _states(1, 2)), (2, E, 2))
 
 
 def test_wrong_particle_count_is_an_error():
@@ -42,13 +54,11 @@ def test_wrong_particle_count_is_an_error():
         proposal.make_proposal_network(1, N)
 
 
-def test_logits_follow_the_receiver_major_edge_order():
+def test_logits_follow_the_receiver_major_edge_order(net):
     """Relabelling particles permutes the edge logits as graph.edge_index says (equivariance)."""
-    init_fn, apply_fn = proposal.make_proposal_network(K, N, hidden=16)
+    apply, params = net
     states = _states(2, 3)
-    params = init_fn(jax.random.PRNGKey(3), states)
     perm = np.array([2, 0, 3, 1])
-    apply = jax.jit(apply_fn)
     logits = np.asarray(apply(params, states))  # [B, E, K]
     logits_p = np.asarray(apply(params, states[:, :, perm]))
     mat = graph.edges_to_matrix(np.moveaxis(logits, -1, 0), N)  # [K, B, n, n]
@@ -68,7 +78,7 @@ def _planted_problem(seed, b):
 def test_proposal_learns_planted_structures():
     init_fn, apply_fn = proposal.make_proposal_network(K, N, hidden=32)
     states, targets = _planted_problem(4, 64)
-    params = init_fn(jax.random.PRNGKey(5), states[:1])
+    params = jax.jit(init_fn)(jax.random.PRNGKey(5), states[:1])
     optimizer = optax.adam(3e-3)
     step = jax.jit(proposal.make_supervised_step(apply_fn, optimizer))
     opt_state = optimizer.init(params)
@@ -107,7 +117,7 @@ def test_bouncegrad_step_with_proposal_is_finite_and_lowers_proposal_loss():
         b,
         N,
         initial_temperature=1e-6,
-        proposal_params=init_fn(jax.random.PRNGKey(9), states[:1]),
+        proposal_params=jax.jit(init_fn)(jax.random.PRNGKey(9), states[:1]),
         proposal_optimizer=p_optimizer,
     )
     step = jax.jit(
