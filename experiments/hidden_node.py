@@ -22,6 +22,10 @@ for _field in dataclasses.fields(hidden_node.ExperimentConfig):
     _value = getattr(_DEFAULTS, _field.name)
     if _field.name == "hidden":
         flags.DEFINE_enum("hidden", _value, list(hidden_node.HIDDEN_CHOICES), "Which particle.")
+    elif _field.name == "existence_baseline":
+        flags.DEFINE_enum(
+            _field.name, _value, list(hidden_node.EXISTENCE_BASELINES), "Loss without latent."
+        )
     elif isinstance(_value, tuple):
         flags.DEFINE_list(_field.name, [str(v) for v in _value], "comma list")
     elif isinstance(_value, int):
