@@ -5,7 +5,7 @@ from setuptools import find_packages, setup
 setup(
     name="nri_modular",
     version="0.1.0",
-    description="Neural relational inference as modular meta-learning (JAX reference implementation)",
+    description="Neural relational inference as modular meta-learning, in JAX",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["nri_modular", "nri_modular.*"]),

@@ -19,7 +19,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from absl import app, flags
 
@@ -107,7 +106,7 @@ def bench_size(name, repeats, peak, compare_layouts):
         step = jax.jit(bouncegrad.make_bouncegrad_step(bank, optimizer, cfg, N))
         b = bouncegrad.Batch(jnp.arange(batch), states, labels)
         state, _ = step(state, b)  # compile + fill energies
-        seconds = timeit(lambda s: step(s, b)[0].params, state, repeats=repeats)
+        seconds = timeit(lambda s, step=step, b=b: step(s, b)[0].params, state, repeats=repeats)
         label = "bouncegrad_step " + (
             "(refreshed energies)" if refresh else "(paper: stale energies)"
         )

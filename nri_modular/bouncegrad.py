@@ -234,7 +234,9 @@ def make_bouncegrad_step(
             state.temperature, worse_accept, target, config.temperature_factor
         )
 
-        counts = structure_lib.confusion(structure, batch.labels, bank.num_modules, config.num_types)
+        counts = structure_lib.confusion(
+            structure, batch.labels, bank.num_modules, config.num_types
+        )
         mapping = structure_lib.best_mapping(counts)
         new_state = state.replace(
             params=params,

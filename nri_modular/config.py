@@ -72,8 +72,7 @@ class Config:
         )
         _check(
             self.edge_compute in gnn.EDGE_COMPUTE_KINDS,
-            f"unknown edge_compute {self.edge_compute!r}; expected one of "
-            f"{gnn.EDGE_COMPUTE_KINDS}",
+            f"unknown edge_compute {self.edge_compute!r}; expected one of {gnn.EDGE_COMPUTE_KINDS}",
         )
         for name in (
             "num_particles",
@@ -104,7 +103,12 @@ class Config:
             f"batch_size {self.batch_size} exceeds num_train {self.num_train}",
         )
         _check(self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}")
-        for name in ("initial_temperature", "test_t_start", "test_t_end", "temperature_decay_steps"):
+        for name in (
+            "initial_temperature",
+            "test_t_start",
+            "test_t_end",
+            "temperature_decay_steps",
+        ):
             value = getattr(self, name)
             _check(value > 0, f"{name} must be positive, got {value}")
         for name in ("uniform_mix", "test_uniform_mix"):

@@ -69,8 +69,10 @@ def make_layout(module: jax.Array, num_modules: int, block_rows: int = 512) -> E
     first_block = jnp.cumsum(blocks_per_module) - blocks_per_module
     rank = jnp.take_along_axis(jnp.cumsum(onehot, 0), module[:, None], axis=1)[:, 0] - 1
     position = first_block[module] * b + rank
-    source = jnp.full((num_blocks * b,), rows, jnp.int32).at[position].set(
-        jnp.arange(rows, dtype=jnp.int32)
+    source = (
+        jnp.full((num_blocks * b,), rows, jnp.int32)
+        .at[position]
+        .set(jnp.arange(rows, dtype=jnp.int32))
     )
     block_module = jnp.searchsorted(
         jnp.cumsum(blocks_per_module), jnp.arange(num_blocks), side="right"

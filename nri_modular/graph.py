@@ -21,12 +21,13 @@ def num_edges(num_nodes: int) -> int:
     return num_nodes * (num_nodes - 1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def edge_index(num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
     """Receivers and senders of the complete directed graph, receiver-major.
 
     Returns:
-      ``(receivers, senders)``, each int32 ``[n(n-1)]``; edge ``e`` is ``senders[e] -> receivers[e]``.
+      ``(receivers, senders)``, each int32 ``[n(n-1)]``;
+      edge ``e`` is ``senders[e] -> receivers[e]``.
     """
     num_edges(num_nodes)
     receivers, senders = np.where(~np.eye(num_nodes, dtype=bool))

@@ -105,7 +105,9 @@ def load_data(config: Config):
 
 
 def _config_json(config: Config) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+    return {
+        k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()
+    }
 
 
 def _check_workdir_config(workdir: str, config: Config) -> None:
@@ -218,9 +220,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     with open(metrics_path, "a", encoding="utf-8") as metrics_file:
         while step < total_steps:
             epoch, offset = divmod(step, steps_per_epoch)
-            order = datasets.task_batches(
-                config.num_train, config.batch_size, config.seed, epoch
-            )
+            order = datasets.task_batches(config.num_train, config.batch_size, config.seed, epoch)
             for ids in order[offset:]:
                 batch = bouncegrad.Batch(
                     task_ids=jnp.asarray(ids),
@@ -334,7 +334,8 @@ def format_results(results: dict) -> str:
     ]
     for k in (1, 10, 20):
         value = results[f"mse_{k}"]
-        lines.append(f"| MSE {k} step{'s' if k > 1 else ''} | " + (
-            f"{value:.3e} |" if value is not None else "n/a (horizon too short) |"
-        ))
+        lines.append(
+            f"| MSE {k} step{'s' if k > 1 else ''} | "
+            + (f"{value:.3e} |" if value is not None else "n/a (horizon too short) |")
+        )
     return "\n".join(lines)

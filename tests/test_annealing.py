@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nri_modular import annealing
+from nri_modular import annealing, graph
 from nri_modular import structure as structure_lib
 
 N, K = 5, 2
@@ -50,9 +50,11 @@ def test_uniform_proposal_changes_exactly_one_edge():
 def test_blocked_gibbs_changes_only_edges_into_the_chosen_node():
     s = _planted(200, k=3)
     logits = jax.random.normal(jax.random.PRNGKey(2), (200, E, 3)) * 5
-    receivers, _ = __import__("nri_modular.graph", fromlist=["edge_index"]).edge_index(N)
+    receivers, _ = graph.edge_index(N)
     for seed in range(5):
-        new = np.asarray(structure_lib.propose_blocked_gibbs(jax.random.PRNGKey(seed), s, logits, N))
+        new = np.asarray(
+            structure_lib.propose_blocked_gibbs(jax.random.PRNGKey(seed), s, logits, N)
+        )
         changed = new != np.asarray(s)
         for b in range(200):
             nodes = set(receivers[changed[b]].tolist())
