@@ -1,6 +1,6 @@
 """Meta-train modular NRI on the charged-particles system and meta-test it (Kipf et al.'s protocol).
 
-  python experiments/springs.py --flagfile=experiments/flags/charged_demo.flags
+  python experiments/charged.py --flagfile=experiments/flags/charged_demo.flags
 
 Generates the dataset into --data_dir if missing, trains with BounceGrad (resuming from
 the latest checkpoint in --workdir), and prints edge accuracy and k-step MSE.

@@ -43,7 +43,7 @@ class AnnealState:
 class AnnealDiagnostics:
     """Per-step statistics over the batch (each a scalar; stacked ``[steps]`` by the scan)."""
 
-    accept_rate: jax.Array  # accepted proposals / proposals
+    accept_rate: jax.Array  # accepted proposals that changed the structure / proposals
     worse_rate: jax.Array  # proposals worse than the current structure / proposals
     worse_accept_rate: jax.Array  # accepted worse proposals / worse proposals (nan if none)
     mean_energy: jax.Array  # mean current energy after the step
@@ -85,8 +85,9 @@ def anneal_step(
     structure = jnp.where(accept[:, None], proposed, state.structure)
     energy = jnp.where(accept, proposed_energy, state.energy)
     n_worse = worse.sum()
+    moved = accept & (proposed != state.structure).any(axis=-1)
     diag = AnnealDiagnostics(
-        accept_rate=accept.mean(),
+        accept_rate=moved.mean(),
         worse_rate=worse.mean(),
         worse_accept_rate=jnp.where(
             n_worse > 0, (accept & worse).sum() / jnp.maximum(n_worse, 1), jnp.nan

@@ -181,7 +181,9 @@ def make_bouncegrad_step(
             energy = loss_fn(state.params, batch.states, structure)
 
         logits = None
-        if config.proposal == "blocked_gibbs":
+        if config.sa_steps == 0:
+            pass
+        elif config.proposal == "blocked_gibbs":
             logits = proposal_apply(state.proposal_params, batch.states)
         elif config.proposal == "exact_local":
             logits = gnn.incoming_config_losses(

@@ -44,6 +44,8 @@ class Config:
     proposal: str = "uniform"
     uniform_mix: float = 0.1
     exact_stride: int = 1
+    proposal_hidden: int = 64
+    proposal_learning_rate: float = 1e-3
     # Meta-test.
     test_proposal: str = "uniform"
     test_uniform_mix: float = 0.5
@@ -59,6 +61,11 @@ class Config:
     log_every: int = 20
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
+
+    @property
+    def uses_proposal_network(self) -> bool:
+        """The learned proposal is trained when training or meta-test search uses it."""
+        return "blocked_gibbs" in (self.proposal, self.test_proposal)
 
     def __post_init__(self):
         _check(self.system in SYSTEMS, f"unknown system {self.system!r}; expected one of {SYSTEMS}")
@@ -88,6 +95,7 @@ class Config:
             "horizon",
             "block_rows",
             "exact_stride",
+            "proposal_hidden",
             "log_every",
             "checkpoint_every",
             "keep_checkpoints",
@@ -102,7 +110,9 @@ class Config:
             self.batch_size <= self.num_train,
             f"batch_size {self.batch_size} exceeds num_train {self.num_train}",
         )
-        _check(self.learning_rate > 0, f"learning_rate must be positive, got {self.learning_rate}")
+        for name in ("learning_rate", "proposal_learning_rate"):
+            value = getattr(self, name)
+            _check(value > 0, f"{name} must be positive, got {value}")
         for name in (
             "initial_temperature",
             "test_t_start",

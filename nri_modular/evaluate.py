@@ -36,8 +36,8 @@ class SearchConfig:
       p: rollout length of the energy (as in training).
       batch_size: tasks annealed together (static shape; the last batch is padded).
       proposal, uniform_mix: see :func:`nri_modular.structure.make_proposal`. Search
-        starts from a random structure (uniform), the proposal network's argmax
-        (blocked_gibbs) or the exact one-step optimum (exact_local).
+        starts from the exact one-step optimum (exact_local), else from the proposal
+        network's argmax when a network is given, else from a random structure.
     """
 
     num_steps: int = 200

@@ -13,23 +13,31 @@ one carried on continuously across those re-feeds; the loss is the MSE of the ob
 particles' predicted states against their trajectories. The latent node's trajectory is
 consistent with the model by construction (it *is* a model rollout), so its
 "consistency" term is a soft box prior: a penalty on the latent states leaving the range
-seen in the data (``box``), which keeps far-away candidates out.
+seen in the data (``box``), which keeps far-away candidates out; an optional Gaussian
+prior on the initial state (``prior_weight``) makes it a MAP estimate.
+
+Why teacher forcing (``refeed = 1``) by default: measured on 50 test systems with the
+learned model, re-feeding every frame gave a median hidden MSE of 2.3e-3 against 3.0e-3
+for ``refeed = 10`` (the training loss's ``p``): the latent node is then driven by the
+true observed states, and the observed particles' own model error does not compound.
 
 Search (``infer_hidden``), batched over systems ``B`` and candidates ``C`` (flattened into
 the ``G = B * C`` axis of one rollout) and jitted:
 
 1. sample many random initial states (and random latent edges when they are unknown),
    keep the best ``C`` per system;
-2. rounds of: a few Adam steps on all ``C`` candidates' initial states; one simulated
-   annealing sweep over the latent node's ``2 (n - 1)`` edges (when unknown); fresh
-   radically different random samples (and perturbations of the best) replacing the
-   worst candidates when better ("keep on sampling");
+2. rounds of: a few Adam steps on all ``C`` candidates' initial states (each keeps its
+   best iterate); ``sa_steps`` simulated-annealing moves on the latent node's
+   ``2 (n - 1)`` edges (when unknown); fresh radically different random samples (and
+   perturbations of the best) replacing the worst candidates when better ("keep on
+   sampling");
 3. a window curriculum: early rounds fit only the first frames (short rollouts are
    nearly convex in the initial state), later rounds extend the window to all frames.
 
-``existence_scores`` compares the best loss with a latent node against the loss without
-one (the ``n - 1`` observed particles alone, same model): a large ratio means an
-unobserved particle is pulling on the observed ones.
+``existence_scores`` compares the best loss with a latent node (edges searched) against
+the best loss without an interacting one (a latent node whose edges are all the "no
+relation" module; see :func:`existence_test` for why not the ``n - 1`` particles alone):
+a large ratio means an unobserved particle is pulling on the observed ones.
 
 Dynamics are abstract (``DynamicsFn``): the learned GNN (:func:`gnn_dynamics`) in the
 experiment, the exact springs integrator (:func:`springs_dynamics`) as a planted model

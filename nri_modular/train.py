@@ -24,7 +24,7 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from nri_modular import bouncegrad, evaluate
+from nri_modular import bouncegrad, evaluate, proposal
 from nri_modular.config import Config
 from nri_modular.data import datasets
 from nri_modular.modules import ModuleBank
@@ -38,6 +38,8 @@ _STATE_FIELDS = (
     "edge_hidden",
     "node_hidden",
     "proposal",
+    "test_proposal",
+    "proposal_hidden",
 )
 
 
@@ -190,8 +192,25 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     bank = build_bank(config)
     optimizer = optax.adam(config.learning_rate)
     bg_config = bouncegrad_config(config)
+    proposal_params = proposal_apply = proposal_optimizer = None
+    if config.uses_proposal_network:
+        proposal_init, proposal_apply = proposal.make_proposal_network(
+            config.num_modules, n, config.proposal_hidden
+        )
+        proposal_params = proposal_init(
+            jax.random.PRNGKey(config.seed + 2), train.states[:1, : config.obs_frames]
+        )
+        proposal_optimizer = optax.adam(config.proposal_learning_rate)
+        if train.states.shape[1] != config.obs_frames:
+            raise ValueError(
+                f"the proposal network reads {config.obs_frames} frames (obs_frames) but "
+                f"training trajectories have {train.states.shape[1]}"
+            )
     step_fn = jax.jit(
-        bouncegrad.make_bouncegrad_step(bank, optimizer, bg_config, n), donate_argnums=(0,)
+        bouncegrad.make_bouncegrad_step(
+            bank, optimizer, bg_config, n, proposal_apply, proposal_optimizer
+        ),
+        donate_argnums=(0,),
     )
     state = bouncegrad.init_train_state(
         jax.random.PRNGKey(config.seed),
@@ -200,6 +219,8 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         config.num_train,
         n,
         initial_temperature=config.initial_temperature,
+        proposal_params=proposal_params,
+        proposal_optimizer=proposal_optimizer,
     )
 
     manager = checkpoint_manager(workdir, config)
@@ -263,7 +284,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         manager.wait_until_finished()
     train_seconds = time.time() - wall_start
 
-    results = meta_test(config, bank, state, train_labels, test)
+    results = meta_test(config, bank, state, train_labels, test, proposal_apply)
     results.update(
         num_train_tasks=config.num_train,
         train_steps=total_steps,
@@ -276,7 +297,9 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     return results
 
 
-def meta_test(config: Config, bank: ModuleBank, state, train_labels, test) -> dict:
+def meta_test(
+    config: Config, bank: ModuleBank, state, train_labels, test, proposal_apply=None
+) -> dict:
     """Structure search on the test tasks' observed frames, then prediction and accuracy."""
     start = time.time()
     train_structures = np.asarray(state.structures)
@@ -294,6 +317,8 @@ def meta_test(config: Config, bank: ModuleBank, state, train_labels, test) -> di
         observed,
         jax.random.PRNGKey(config.seed + 1),
         search_config(config),
+        proposal_params=state.proposal_params if config.test_proposal == "blocked_gibbs" else None,
+        proposal_apply=proposal_apply if config.test_proposal == "blocked_gibbs" else None,
         progress=progress,
     )
     search_seconds = time.time() - start
