@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from nri_modular import gnn
+from nri_modular import distributed, gnn
 from nri_modular.structure import PROPOSAL_KINDS
 
 SYSTEMS = ("springs", "charged")
@@ -61,6 +61,11 @@ class Config:
     log_every: int = 20
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
+    # Scaling (see nri_modular/distributed.py): mesh and multi-host start-up.
+    model_axis_size: int = 1
+    coordinator_address: str = ""
+    num_processes: int = 0  # 0: single process, or detected (SLURM / TPU)
+    process_id: int = -1  # -1: detected
 
     @property
     def uses_proposal_network(self) -> bool:
@@ -99,6 +104,7 @@ class Config:
             "log_every",
             "checkpoint_every",
             "keep_checkpoints",
+            "model_axis_size",
         ):
             value = getattr(self, name)
             _check(value > 0, f"{name} must be positive, got {value}")
@@ -124,6 +130,9 @@ class Config:
         for name in ("uniform_mix", "test_uniform_mix"):
             value = getattr(self, name)
             _check(0.0 <= value <= 1.0, f"{name} must be in [0, 1], got {value}")
+        distributed.check_distributed_flags(
+            self.coordinator_address, self.num_processes, self.process_id
+        )
         _check(
             all(w > 0 for w in (*self.edge_hidden, *self.node_hidden))
             and self.edge_hidden
