@@ -105,6 +105,8 @@ def search_structures(
     proposal_params: Params = None,
     proposal_apply: Callable | None = None,
     progress: Callable[[int, int], None] | None = None,
+    put: Callable[[np.ndarray], jax.Array] = jnp.asarray,
+    fetch: Callable[[jax.Array], np.ndarray] = np.asarray,
 ):
     """Anneals a structure for every task, weights fixed.
 
@@ -113,6 +115,8 @@ def search_structures(
       key: PRNG key; batch ``i`` uses ``fold_in(key, i)``.
       proposal_params, proposal_apply: learned proposal (initialises from its argmax).
       progress: called as ``progress(tasks_done, N)``.
+      put, fetch: host batch -> device array and back (defaults: one device; a sharded
+        run passes :mod:`nri_modular.distributed` placements).
 
     Returns:
       ``(structures int32 [N, E], energies [N])`` as numpy.
@@ -123,15 +127,15 @@ def search_structures(
         s, e, _ = _search_batch(
             bank,
             params,
-            jnp.asarray(states[idx]),
+            put(states[idx]),
             jax.random.fold_in(key, i),
             config,
             n,
             proposal_params,
             proposal_apply,
         )
-        structures.append(np.asarray(s)[:valid])
-        energies.append(np.asarray(e)[:valid])
+        structures.append(fetch(s)[:valid])
+        energies.append(fetch(e)[:valid])
         if progress is not None:
             progress(min((i + 1) * config.batch_size, n_tasks), n_tasks)
     return np.concatenate(structures), np.concatenate(energies)
@@ -162,12 +166,15 @@ def prediction_mse(
     batch_size: int = 250,
     block_rows: int = 512,
     edge_compute: str = "blocked",
+    put: Callable[[np.ndarray], jax.Array] = jnp.asarray,
+    fetch: Callable[[jax.Array], np.ndarray] = np.asarray,
 ) -> np.ndarray:
     """MSE of open-loop rollouts from ``start_frame``, per step.
 
     Args:
       states: ``[N, T, n, 4]`` with ``T > start_frame + horizon``.
       structures: int32 ``[N, E]``.
+      put, fetch: as in :func:`search_structures`.
 
     Returns:
       ``[horizon]``: entry ``k - 1`` is the MSE of the ``k``-step prediction.
@@ -184,14 +191,14 @@ def prediction_mse(
         err = _rollout_sq_error(
             bank,
             params,
-            jnp.asarray(states[idx]),
-            jnp.asarray(structures[idx]),
+            put(states[idx]),
+            put(structures[idx]),
             start_frame,
             horizon,
             block_rows,
             edge_compute,
         )
-        total += np.asarray(err)[:valid].sum(0)
+        total += fetch(err)[:valid].sum(0)
     return total / n_tasks
 
 
