@@ -139,7 +139,10 @@ def make_mesh(model_axis_size: int = 1, devices: list | None = None) -> Mesh:
             f"{len(devices)}"
         )
     shape = (len(devices) // model_axis_size, model_axis_size)
-    return jax.make_mesh(shape, (DATA_AXIS, MODEL_AXIS), devices=devices)
+    # Auto axes: the compiler propagates shardings through the (sharding-unaware) model
+    # code; jax.make_mesh defaults to Explicit axes, which would need annotations there.
+    auto = (jax.sharding.AxisType.Auto,) * 2
+    return jax.make_mesh(shape, (DATA_AXIS, MODEL_AXIS), axis_types=auto, devices=devices)
 
 
 def data_axis_size(mesh: Mesh) -> int:

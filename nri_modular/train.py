@@ -5,9 +5,18 @@ The one place in the package that does I/O: it caches the dataset, writes
 ``<workdir>/checkpoints`` (resumed from the latest one when rerun with the same workdir),
 ``<workdir>/config.json`` and finally ``<workdir>/results.json``.
 
-Resumption is exact: the per-step key is ``fold_in(rng, step)`` and the task order of
-epoch ``e`` depends only on ``(seed, e)``, so a run killed at any point and rerun ends
-with the same result as an uninterrupted one.
+Resumption is exact: the checkpoint holds the whole :class:`~nri_modular.bouncegrad.TrainState`
+(parameters, optimiser states, every task's structure and energy, temperature, step, rng),
+the per-step key is ``fold_in(rng, step)`` and the task order of epoch ``e`` depends only
+on ``(seed, e)``, so a run killed at any point (SIGKILL included) and rerun ends with the
+same result as an uninterrupted one. SIGTERM (preemption) checkpoints at the next step
+boundary and exits with code 0.
+
+Devices: the step, the meta-test search and the rollouts run on the mesh of
+:mod:`nri_modular.distributed` (1 CPU, several GPUs, a TPU slice, several hosts): only
+flags change. A damaged latest checkpoint is an error naming it (see
+:func:`restore_checkpoint`); no checkpoint is ever deleted except by Orbax's
+keep-the-last-N rotation.
 """
 
 from __future__ import annotations
@@ -15,7 +24,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
+import threading
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +36,7 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from nri_modular import bouncegrad, evaluate, proposal
+from nri_modular import bouncegrad, distributed, evaluate, proposal
 from nri_modular.config import Config
 from nri_modular.data import datasets
 from nri_modular.modules import ModuleBank
@@ -58,7 +70,12 @@ def quiet_library_logs() -> None:
 
 def build_bank(config: Config) -> ModuleBank:
     """The module bank the config describes."""
-    return ModuleBank(config.num_modules, config.edge_hidden, config.node_hidden)
+    return ModuleBank(
+        config.num_modules,
+        config.edge_hidden,
+        config.node_hidden,
+        init_spread=config.module_init_spread,
+    )
 
 
 def bouncegrad_config(config: Config) -> bouncegrad.BounceGradConfig:
@@ -142,21 +159,372 @@ def _truncate_metrics(path: str, last_step: int) -> None:
         f.writelines(lines)
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint in the workdir cannot be used (damaged, or written by another setup)."""
+
+
+class Preempted(SystemExit):
+    """Raised after SIGTERM once the state is checkpointed; exits the process with code 0."""
+
+    def __init__(self, step: int):
+        super().__init__(0)
+        self.step = step
+
+
 def checkpoint_manager(workdir: str, config: Config) -> ocp.CheckpointManager:
-    """Orbax manager keeping the last ``keep_checkpoints`` checkpoints (atomic, async)."""
-    return ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")),
-        options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
+    """Orbax manager keeping the last ``keep_checkpoints`` checkpoints.
+
+    Saves are asynchronous (the device->host copy blocks, the write does not) and atomic
+    (written to a temporary directory, renamed when complete: a killed save leaves no
+    half-checkpoint that could be restored). Multi-host aware: every process writes its
+    shards, process 0 the metadata.
+    """
+    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    try:
+        return ocp.CheckpointManager(
+            directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
+        )
+    except Exception as e:  # noqa: BLE001 - re-raised with the path and the fix
+        raise CheckpointError(
+            f"cannot open the checkpoint directory {directory}: {type(e).__name__}: {e}. "
+            "Nothing was deleted; repair or move it aside, or use another --workdir"
+        ) from e
+
+
+def restore_checkpoint(manager: ocp.CheckpointManager, step: int, target):
+    """Restores checkpoint ``step`` into ``target`` (shapes, dtypes, shardings).
+
+    Never falls back silently and never deletes anything: a damaged latest checkpoint is
+    an error naming its path, the intact earlier steps and how to resume from them
+    (move the damaged directory aside).
+
+    Raises:
+      CheckpointError: unreadable checkpoint or shapes that differ from ``target``.
+    """
+    path = os.path.join(str(manager.directory), str(step))
+    earlier = [s for s in manager.all_steps() if s < step]
+    try:
+        return manager.restore(step, args=ocp.args.StandardRestore(target))
+    except Exception as e:  # noqa: BLE001 - re-raised with the path and the fix
+        detail = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if "not compatible with the stored shape" in str(e):
+            raise CheckpointError(
+                f"checkpoint {path} holds arrays of other shapes than this run ({detail}); "
+                "it was written with other sizes (num_particles, num_train, num_modules, "
+                "hidden sizes, proposal): use another --workdir or the original flags"
+            ) from e
+        fix = (
+            f"to resume from step {earlier[-1]}, move it aside: mv {path} {path}.damaged"
+            if earlier
+            else "no earlier checkpoint exists: use another --workdir to start afresh"
+        )
+        raise CheckpointError(
+            f"checkpoint {path} (step {step}) is damaged or truncated and cannot be restored "
+            f"({detail}); intact earlier steps: {earlier}; {fix}. Nothing was deleted."
+        ) from e
+
+
+class _StopRequest:
+    """SIGTERM (preemption) sets ``requested``; the loop checkpoints and stops."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        self._installed = False
+
+    def _handler(self, signum, frame):
+        del frame
+        logging.warning("signal %d: checkpointing at the next step boundary, then exiting", signum)
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc):
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous)
+        return False
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything built from a config before training (no arrays allocated).
+
+    Attributes:
+      mesh: the device mesh.
+      bank: the module bank.
+      step_fn: jitted ``(state, batch) -> (state, metrics)``, sharded, state donated.
+      init_fn: jitted ``() -> TrainState`` producing the sharded fresh state.
+      abstract_state: ``TrainState`` of ``ShapeDtypeStruct`` with shardings.
+      abstract_batch: ``Batch`` of ``ShapeDtypeStruct`` with shardings.
+      proposal_apply: the proposal network's apply function (or None).
+    """
+
+    mesh: Any
+    bank: ModuleBank
+    step_fn: Any
+    init_fn: Any
+    abstract_state: Any
+    abstract_batch: Any
+    proposal_apply: Any
+
+
+def build(config: Config, mesh, sample_states: np.ndarray) -> Setup:
+    """Builds the sharded, jitted BounceGrad step and state initialiser.
+
+    Args:
+      config: the run's config.
+      mesh: from :func:`nri_modular.distributed.make_mesh`.
+      sample_states: ``[1, T, n, 4]`` one training trajectory (shapes; proposal init).
+
+    Raises:
+      ValueError: batch_size / num_train not divisible by the data-axis size.
+    """
+    distributed.check_divisible(
+        mesh,
+        batch_size=config.batch_size,
+        num_train=config.num_train,
+        test_batch_size=config.test_batch_size,
+    )
+    n = config.num_particles
+    bank = build_bank(config)
+    optimizer = optax.adam(config.learning_rate)
+    proposal_init = proposal_apply = proposal_optimizer = None
+    if config.uses_proposal_network:
+        proposal_init, proposal_apply = proposal.make_proposal_network(
+            config.num_modules, n, config.proposal_hidden
+        )
+        proposal_optimizer = optax.adam(config.proposal_learning_rate)
+    sample = np.asarray(sample_states[:1, : config.obs_frames])
+
+    def init_state():
+        proposal_params = None
+        if proposal_init is not None:
+            proposal_params = proposal_init(jax.random.PRNGKey(config.seed + 2), sample)
+        return bouncegrad.init_train_state(
+            jax.random.PRNGKey(config.seed),
+            bank,
+            optimizer,
+            config.num_train,
+            n,
+            initial_temperature=config.initial_temperature,
+            proposal_params=proposal_params,
+            proposal_optimizer=proposal_optimizer,
+        )
+
+    abstract = jax.eval_shape(init_state)
+    state_shardings = distributed.train_state_shardings(mesh, abstract)
+    b, t = config.batch_size, sample_states.shape[1]
+    e = n * (n - 1)
+    batch_abstract = bouncegrad.Batch(
+        task_ids=jax.ShapeDtypeStruct((b,), jnp.int32),
+        states=jax.ShapeDtypeStruct((b, t, n, 4), jnp.float32),
+        labels=jax.ShapeDtypeStruct((b, e), jnp.int32),
+    )
+    batch_sh = distributed.batch_shardings(mesh, batch_abstract)
+    step = bouncegrad.make_bouncegrad_step(
+        bank, optimizer, bouncegrad_config(config), n, proposal_apply, proposal_optimizer
+    )
+    step_fn = jax.jit(
+        step,
+        in_shardings=(state_shardings, batch_sh),
+        out_shardings=(state_shardings, distributed.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    return Setup(
+        mesh=mesh,
+        bank=bank,
+        step_fn=step_fn,
+        init_fn=jax.jit(init_state, out_shardings=state_shardings),
+        abstract_state=distributed.with_shardings(abstract, state_shardings),
+        abstract_batch=distributed.with_shardings(batch_abstract, batch_sh),
+        proposal_apply=proposal_apply,
     )
 
 
 def _host_metrics(metrics: list[dict]) -> dict:
-    stacked = jax.device_get(metrics)
+    stacked = distributed.to_host(metrics)
     out = {}
     for k in stacked[0]:
         vals = np.asarray([m[k] for m in stacked], np.float64)
         out[k] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
     return out
+
+
+def _prepare_workdir(workdir: str, config: Config) -> None:
+    if not workdir:
+        raise ValueError("workdir must be given (--workdir)")
+    parent = os.path.dirname(os.path.abspath(workdir))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"parent directory of workdir {workdir!r} does not exist: {parent}")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise NotADirectoryError(f"workdir {workdir!r} exists and is not a directory")
+    if distributed.is_primary():
+        os.makedirs(workdir, exist_ok=True)
+        _check_workdir_config(workdir, config)
+    distributed.sync("workdir")
+
+
+def _load_data_all_hosts(config: Config):
+    """Process 0 generates the dataset if missing; then every process loads it."""
+    if distributed.is_primary():
+        data = load_data(config)
+    distributed.sync("dataset")
+    if not distributed.is_primary():
+        data = load_data(config)
+    return data
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` hands to meta-testing."""
+
+    setup: Setup
+    state: Any
+    data: Any
+    total_steps: int
+    seconds: float
+
+
+def train(config: Config, workdir: str) -> TrainResult:
+    """Meta-trains with BounceGrad (resuming from the latest checkpoint in ``workdir``).
+
+    Runs on every device of the mesh (``--model_axis_size``; all processes of a
+    ``jax.distributed`` job). On SIGTERM it checkpoints at the next step boundary and
+    raises :class:`Preempted` (exit code 0).
+
+    Returns:
+      A :class:`TrainResult` with the final (sharded) ``TrainState``.
+    """
+    start = time.time()
+    distributed.initialize(config.coordinator_address, config.num_processes, config.process_id)
+    mesh = distributed.make_mesh(config.model_axis_size)
+    distributed.check_divisible(
+        mesh,
+        batch_size=config.batch_size,
+        num_train=config.num_train,
+        test_batch_size=config.test_batch_size,
+    )
+    _prepare_workdir(workdir, config)
+
+    data = _load_data_all_hosts(config)
+    train_split, test = data.train, data.test
+    n = config.num_particles
+    if train_split.states.shape[2] != n:
+        raise ValueError(f"dataset has {train_split.states.shape[2]} particles, config says {n}")
+    if test.states.shape[1] <= config.obs_frames + config.horizon:
+        raise ValueError(
+            f"test trajectories have {test.states.shape[1]} frames; need more than "
+            f"obs_frames + horizon = {config.obs_frames + config.horizon}"
+        )
+    if config.uses_proposal_network and train_split.states.shape[1] != config.obs_frames:
+        raise ValueError(
+            f"the proposal network reads {config.obs_frames} frames (obs_frames) but "
+            f"training trajectories have {train_split.states.shape[1]}"
+        )
+    setup = build(config, mesh, train_split.states[:1])
+
+    manager = checkpoint_manager(workdir, config)
+    metrics_path = os.path.join(workdir, "metrics.jsonl")
+    latest = manager.latest_step()
+    if latest is not None:
+        state = restore_checkpoint(manager, latest, setup.abstract_state)
+        logging.info("resumed from checkpoint at step %d", latest)
+        if distributed.is_primary():
+            _truncate_metrics(metrics_path, latest)
+    else:
+        state = setup.init_fn()
+
+    steps_per_epoch = config.num_train // config.batch_size
+    total_steps = steps_per_epoch * config.num_epochs
+    states_np, labels_np = train_split.states, train_split.labels
+    step = int(state.step)
+    saved = latest
+    window, window_start = [], time.time()
+    metrics_file = open(metrics_path, "a", encoding="utf-8") if distributed.is_primary() else None
+    try:
+        with _StopRequest() as stop:
+            while step < total_steps:
+                epoch, offset = divmod(step, steps_per_epoch)
+                order = datasets.task_batches(
+                    config.num_train, config.batch_size, config.seed, epoch
+                )
+                for ids in order[offset:]:
+                    ids_arr, states_arr, labels_arr = _put_batch(mesh, ids, states_np, labels_np)
+                    batch = bouncegrad.Batch(task_ids=ids_arr, states=states_arr, labels=labels_arr)
+                    state, metrics = setup.step_fn(state, batch)
+                    window.append(metrics)
+                    step += 1
+                    if step % config.log_every == 0 or step == total_steps:
+                        _log(
+                            metrics_file,
+                            window,
+                            window_start,
+                            step,
+                            steps_per_epoch,
+                            total_steps,
+                            config,
+                        )
+                        window, window_start = [], time.time()
+                    if step % config.checkpoint_every == 0 or step == total_steps:
+                        manager.save(step, args=ocp.args.StandardSave(state))
+                        saved = step
+                    # Multi-host: agree on stopping at log boundaries (a collective).
+                    check = jax.process_count() == 1 or step % config.log_every == 0
+                    if check and distributed.any_process(stop.requested):
+                        if saved != step:
+                            manager.save(step, args=ocp.args.StandardSave(state), force=True)
+                        manager.wait_until_finished()
+                        logging.warning("preempted: checkpoint at step %d written; exiting", step)
+                        raise Preempted(step)
+        manager.wait_until_finished()
+        if manager.latest_step() != total_steps:
+            manager.save(total_steps, args=ocp.args.StandardSave(state), force=True)
+            manager.wait_until_finished()
+    finally:
+        if metrics_file is not None:
+            metrics_file.close()
+        manager.wait_until_finished()
+    return TrainResult(setup, state, data, total_steps, time.time() - start)
+
+
+def _put_batch(mesh, ids: np.ndarray, states: np.ndarray, labels: np.ndarray):
+    """``(task_ids [B], states [B, T, n, 4], labels [B, E])`` task-sharded on the mesh."""
+    (task_ids,) = distributed.put_batch(mesh, (ids,))
+    states_arr, labels_arr = distributed.put_batch(mesh, (states, labels), rows=ids)
+    return task_ids, states_arr, labels_arr
+
+
+def _log(metrics_file, window, window_start, step, steps_per_epoch, total_steps, config):
+    m = _host_metrics(window)
+    elapsed = time.time() - window_start
+    m.update(
+        step=step,
+        epoch=step / steps_per_epoch,
+        tasks_per_second=len(window) * config.batch_size / max(elapsed, 1e-9),
+    )
+    if metrics_file is None:
+        return
+    metrics_file.write(json.dumps(m) + "\n")
+    metrics_file.flush()
+    logging.info(
+        "epoch %.2f step %d/%d | loss %.3e | accept %.2f worse-accept %.2f "
+        "(target %.3f) T %.2e | train edge acc %.4f | %.0f tasks/s",
+        m["epoch"],
+        step,
+        total_steps,
+        m["loss"],
+        m["accept_rate"],
+        m["worse_accept_rate"],
+        m["target_worse_rate"],
+        m["temperature"],
+        m["edge_accuracy"],
+        m["tasks_per_second"],
+    )
 
 
 def train_and_evaluate(config: Config, workdir: str) -> dict:
@@ -168,141 +536,55 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
 
     Returns:
       The dict written to ``<workdir>/results.json``.
+
+    Raises:
+      Preempted: on SIGTERM, after checkpointing (a ``SystemExit`` with code 0).
+      CheckpointError: the latest checkpoint is damaged or of other shapes.
     """
     wall_start = time.time()
-    if not workdir:
-        raise ValueError("workdir must be given")
-    parent = os.path.dirname(os.path.abspath(workdir))
-    if not os.path.isdir(parent):
-        raise FileNotFoundError(f"parent directory of workdir {workdir!r} does not exist: {parent}")
-    os.makedirs(workdir, exist_ok=True)
-    _check_workdir_config(workdir, config)
-
-    data = load_data(config)
-    train, test = data.train, data.test
-    n = config.num_particles
-    if train.states.shape[2] != n:
-        raise ValueError(f"dataset has {train.states.shape[2]} particles, config says {n}")
-    if test.states.shape[1] <= config.obs_frames + config.horizon:
-        raise ValueError(
-            f"test trajectories have {test.states.shape[1]} frames; need more than "
-            f"obs_frames + horizon = {config.obs_frames + config.horizon}"
-        )
-
-    bank = build_bank(config)
-    optimizer = optax.adam(config.learning_rate)
-    bg_config = bouncegrad_config(config)
-    proposal_params = proposal_apply = proposal_optimizer = None
-    if config.uses_proposal_network:
-        proposal_init, proposal_apply = proposal.make_proposal_network(
-            config.num_modules, n, config.proposal_hidden
-        )
-        proposal_params = proposal_init(
-            jax.random.PRNGKey(config.seed + 2), train.states[:1, : config.obs_frames]
-        )
-        proposal_optimizer = optax.adam(config.proposal_learning_rate)
-        if train.states.shape[1] != config.obs_frames:
-            raise ValueError(
-                f"the proposal network reads {config.obs_frames} frames (obs_frames) but "
-                f"training trajectories have {train.states.shape[1]}"
-            )
-    step_fn = jax.jit(
-        bouncegrad.make_bouncegrad_step(
-            bank, optimizer, bg_config, n, proposal_apply, proposal_optimizer
-        ),
-        donate_argnums=(0,),
+    run = train(config, workdir)
+    results = meta_test(
+        config,
+        run.setup.bank,
+        run.state,
+        run.data.train.labels,
+        run.data.test,
+        run.setup.proposal_apply,
+        mesh=run.setup.mesh,
     )
-    state = bouncegrad.init_train_state(
-        jax.random.PRNGKey(config.seed),
-        bank,
-        optimizer,
-        config.num_train,
-        n,
-        initial_temperature=config.initial_temperature,
-        proposal_params=proposal_params,
-        proposal_optimizer=proposal_optimizer,
-    )
-
-    manager = checkpoint_manager(workdir, config)
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    latest = manager.latest_step()
-    if latest is not None:
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        state = manager.restore(latest, args=ocp.args.StandardRestore(abstract))
-        logging.info("resumed from checkpoint at step %d", latest)
-        _truncate_metrics(metrics_path, latest)
-
-    steps_per_epoch = config.num_train // config.batch_size
-    total_steps = steps_per_epoch * config.num_epochs
-    train_states = train.states
-    train_labels = train.labels
-    step = int(state.step)
-    window, window_start = [], time.time()
-    with open(metrics_path, "a", encoding="utf-8") as metrics_file:
-        while step < total_steps:
-            epoch, offset = divmod(step, steps_per_epoch)
-            order = datasets.task_batches(config.num_train, config.batch_size, config.seed, epoch)
-            for ids in order[offset:]:
-                batch = bouncegrad.Batch(
-                    task_ids=jnp.asarray(ids),
-                    states=jnp.asarray(train_states[ids]),
-                    labels=jnp.asarray(train_labels[ids]),
-                )
-                state, metrics = step_fn(state, batch)
-                window.append(metrics)
-                step += 1
-                if step % config.log_every == 0 or step == total_steps:
-                    m = _host_metrics(window)
-                    elapsed = time.time() - window_start
-                    m.update(
-                        step=step,
-                        epoch=step / steps_per_epoch,
-                        tasks_per_second=len(window) * config.batch_size / max(elapsed, 1e-9),
-                    )
-                    metrics_file.write(json.dumps(m) + "\n")
-                    metrics_file.flush()
-                    logging.info(
-                        "epoch %.2f step %d/%d | loss %.3e | accept %.2f worse-accept %.2f "
-                        "(target %.3f) T %.2e | train edge acc %.4f | %.0f tasks/s",
-                        m["epoch"],
-                        step,
-                        total_steps,
-                        m["loss"],
-                        m["accept_rate"],
-                        m["worse_accept_rate"],
-                        m["target_worse_rate"],
-                        m["temperature"],
-                        m["edge_accuracy"],
-                        m["tasks_per_second"],
-                    )
-                    window, window_start = [], time.time()
-                if step % config.checkpoint_every == 0 or step == total_steps:
-                    manager.save(step, args=ocp.args.StandardSave(state))
-    manager.wait_until_finished()
-    if manager.latest_step() != total_steps:
-        manager.save(total_steps, args=ocp.args.StandardSave(state), force=True)
-        manager.wait_until_finished()
-    train_seconds = time.time() - wall_start
-
-    results = meta_test(config, bank, state, train_labels, test, proposal_apply)
     results.update(
         num_train_tasks=config.num_train,
-        train_steps=total_steps,
-        train_seconds=train_seconds,
+        train_steps=run.total_steps,
+        train_seconds=run.seconds,
         wall_seconds=time.time() - wall_start,
     )
-    with open(os.path.join(workdir, "results.json.tmp"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-    os.replace(os.path.join(workdir, "results.json.tmp"), os.path.join(workdir, "results.json"))
+    if distributed.is_primary():
+        tmp = os.path.join(workdir, "results.json.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=2)
+        os.replace(tmp, os.path.join(workdir, "results.json"))
+    distributed.sync("results")
     return results
 
 
 def meta_test(
-    config: Config, bank: ModuleBank, state, train_labels, test, proposal_apply=None
+    config: Config, bank: ModuleBank, state, train_labels, test, proposal_apply=None, mesh=None
 ) -> dict:
-    """Structure search on the test tasks' observed frames, then prediction and accuracy."""
+    """Structure search on the test tasks' observed frames, then prediction and accuracy.
+
+    With a ``mesh``, every batch of test tasks is split over its ``data`` axis (the
+    jitted search and rollout compile for those shardings).
+    """
     start = time.time()
-    train_structures = np.asarray(state.structures)
+    put, fetch = jnp.asarray, np.asarray
+    if mesh is not None:
+        distributed.check_divisible(mesh, test_batch_size=config.test_batch_size)
+
+        def put(x):
+            return distributed.put_batch(mesh, x)
+
+        fetch = distributed.to_host
+    train_structures = distributed.to_host(state.structures)
     mapping = evaluate.module_mapping(
         train_structures, train_labels, config.num_modules, num_types=2
     )
@@ -320,6 +602,8 @@ def meta_test(
         proposal_params=state.proposal_params if config.test_proposal == "blocked_gibbs" else None,
         proposal_apply=proposal_apply if config.test_proposal == "blocked_gibbs" else None,
         progress=progress,
+        put=put,
+        fetch=fetch,
     )
     search_seconds = time.time() - start
     mse = evaluate.prediction_mse(
@@ -332,6 +616,8 @@ def meta_test(
         batch_size=config.test_batch_size,
         block_rows=config.block_rows,
         edge_compute=config.edge_compute,
+        put=put,
+        fetch=fetch,
     )
     return {
         "system": config.system,
