@@ -41,10 +41,11 @@ class BounceGradConfig:
         task's previous visit (stale, cheaper: one forward pass fewer per step).
       temperature_decay_steps: ``target = exp(-1 - 5 * step / temperature_decay_steps)``.
       temperature_factor: multiplicative temperature adaptation factor.
-      proposal: ``"uniform"`` or ``"blocked_gibbs"`` (needs a proposal network).
+      proposal: ``"uniform"``, ``"blocked_gibbs"`` (needs a proposal network),
+        ``"exact_local"`` or ``"exact_sweep"`` (see :mod:`nri_modular.structure`).
       uniform_mix: probability of a uniform move when ``proposal="blocked_gibbs"``.
       num_types: number of true relation types (for edge-accuracy metrics only).
-      exact_stride: ``exact_local`` scores every ``exact_stride``-th transition.
+      exact_stride: exact moves score every ``exact_stride``-th transition.
       block_rows, edge_compute: see :mod:`nri_modular.gnn`.
     """
 
@@ -156,7 +157,7 @@ def make_bouncegrad_step(
     if config.proposal == "blocked_gibbs" and proposal_apply is None:
         raise ValueError(f"proposal {config.proposal!r} needs a proposal network")
     configs = None
-    if config.proposal == "exact_local":
+    if config.proposal in structure_lib.EXACT_KINDS:
         configs = jnp.asarray(structure_lib.incoming_configs(num_nodes, bank.num_modules))
     if config.sa_steps < 0:
         raise ValueError(f"sa_steps must be >= 0, got {config.sa_steps}")
@@ -185,7 +186,7 @@ def make_bouncegrad_step(
             pass
         elif config.proposal == "blocked_gibbs":
             logits = proposal_apply(state.proposal_params, batch.states)
-        elif config.proposal == "exact_local":
+        elif config.proposal in structure_lib.EXACT_KINDS:
             logits = gnn.incoming_config_losses(
                 bank, state.params, batch.states, configs, config.exact_stride
             )

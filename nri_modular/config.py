@@ -31,6 +31,7 @@ class Config:
     num_modules: int = 2
     edge_hidden: tuple[int, ...] = (64, 64, 64)
     node_hidden: tuple[int, ...] = (64, 64, 64)
+    module_init_spread: float = 0.0
     # BounceGrad.
     seed: int = 0
     batch_size: int = 50
@@ -127,6 +128,10 @@ class Config:
         ):
             value = getattr(self, name)
             _check(value > 0, f"{name} must be positive, got {value}")
+        _check(
+            0.0 <= self.module_init_spread < 1.0,
+            f"module_init_spread must be in [0, 1), got {self.module_init_spread}",
+        )
         for name in ("uniform_mix", "test_uniform_mix"):
             value = getattr(self, name)
             _check(0.0 <= value <= 1.0, f"{name} must be in [0, 1], got {value}")

@@ -36,7 +36,7 @@ class SearchConfig:
       p: rollout length of the energy (as in training).
       batch_size: tasks annealed together (static shape; the last batch is padded).
       proposal, uniform_mix: see :func:`nri_modular.structure.make_proposal`. Search
-        starts from the exact one-step optimum (exact_local), else from the proposal
+        starts from the exact one-step optimum (exact kinds), else from the proposal
         network's argmax when a network is given, else from a random structure.
     """
 
@@ -81,7 +81,7 @@ def _search_batch(bank, params, states, key, config, num_nodes, proposal_params,
 
     k_init, k_anneal = jax.random.split(key)
     logits = None
-    if config.proposal == "exact_local":
+    if config.proposal in structure_lib.EXACT_KINDS:
         configs = jnp.asarray(structure_lib.incoming_configs(num_nodes, bank.num_modules))
         logits = gnn.incoming_config_losses(bank, params, states, configs, config.exact_stride)
         init = structure_lib.exact_best_structure(logits, num_nodes, bank.num_modules)

@@ -53,6 +53,10 @@ class ModuleBank:
     """K edge modules + one node module, with plain-pytree parameters.
 
     ``params = {"edge": <leaves [K, ...]>, "node": <NodeMLP params>}``.
+
+    ``init_spread`` > 0 scales module ``k``'s initial output layer by
+    ``1 - init_spread * k / (K - 1)``: the modules start out different, which speeds up
+    the symmetry breaking BounceGrad has to do (0 = identical distributions, the paper's).
     """
 
     def __init__(
@@ -61,6 +65,7 @@ class ModuleBank:
         edge_features: Sequence[int] = (256, 256, 256),
         node_features: Sequence[int] = (256, 256, 256),
         state_dim: int = STATE_DIM,
+        init_spread: float = 0.0,
     ):
         if num_modules < 1:
             raise ValueError(f"num_modules must be >= 1, got {num_modules}")
@@ -70,6 +75,9 @@ class ModuleBank:
             raise ValueError(
                 f"layer widths must be positive, got edge {edge_features} node {node_features}"
             )
+        if not 0.0 <= init_spread < 1.0:
+            raise ValueError(f"init_spread must be in [0, 1), got {init_spread}")
+        self.init_spread = float(init_spread)
         self.num_modules = num_modules
         self.edge_features = tuple(int(w) for w in edge_features)
         self.node_features = tuple(int(w) for w in node_features)
@@ -86,6 +94,13 @@ class ModuleBank:
         edge = jax.vmap(self.edge_mlp.init, in_axes=(0, None))(
             jax.random.split(k_edge, self.num_modules), edge_in
         )
+        if self.init_spread > 0 and self.num_modules > 1:
+            # Symmetry breaking: module k's output layer starts scaled by 1 - spread * k/(K-1),
+            # so the modules differ in message magnitude from the first step.
+            scales = 1.0 - self.init_spread * jnp.arange(self.num_modules) / (self.num_modules - 1)
+            last = f"Dense_{len(self.edge_features) - 1}"
+            layer = edge["params"][last]
+            edge["params"][last] = {**layer, "kernel": layer["kernel"] * scales[:, None, None]}
         node = self.node_mlp.init(k_node, node_in)
         return {"edge": edge, "node": node}
 

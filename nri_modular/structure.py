@@ -26,7 +26,9 @@ from nri_modular import graph as graph_lib
 
 ProposalFn = Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array]
 
-PROPOSAL_KINDS = ("uniform", "blocked_gibbs", "exact_local")
+PROPOSAL_KINDS = ("uniform", "blocked_gibbs", "exact_local", "exact_sweep")
+# Kinds whose aux input is the one-step losses of every node's incoming settings.
+EXACT_KINDS = ("exact_local", "exact_sweep")
 
 
 def random_structures(key: jax.Array, num_tasks: int, num_nodes: int, num_modules: int):
@@ -132,7 +134,9 @@ def make_proposal(kind: str, num_modules: int, num_nodes: int, uniform_mix: floa
     """Proposal function by name.
 
     Args:
-      kind: ``"uniform"``, ``"blocked_gibbs"`` or ``"exact_local"``.
+      kind: ``"uniform"``, ``"blocked_gibbs"``, ``"exact_local"`` (one random node's
+        incoming edges to their best setting) or ``"exact_sweep"`` (every node's at once:
+        the exact argmin of the one-step loss).
       uniform_mix: for ``blocked_gibbs``, probability of making a uniform move instead
         (keeps the chain ergodic whatever the learned proposal says).
 
@@ -152,7 +156,7 @@ def make_proposal(kind: str, num_modules: int, num_nodes: int, uniform_mix: floa
 
     if kind == "uniform":
         return uniform
-    if kind == "exact_local":
+    if kind in EXACT_KINDS:
         incoming_configs(num_nodes, num_modules)  # Fails early if too many settings.
 
     def mixed(key, structure, aux):
@@ -162,8 +166,10 @@ def make_proposal(kind: str, num_modules: int, num_nodes: int, uniform_mix: floa
         use_uniform = jax.random.uniform(k_mix, (structure.shape[0], 1)) < uniform_mix
         if kind == "blocked_gibbs":
             move = propose_blocked_gibbs(k_p, structure, aux, num_nodes)
-        else:
+        elif kind == "exact_local":
             move = propose_exact_local(k_p, structure, aux, num_nodes, num_modules)
+        else:  # exact_sweep: every node to its best setting at once.
+            move = exact_best_structure(aux, num_nodes, num_modules).astype(structure.dtype)
         return jnp.where(use_uniform, propose_uniform(k_u, structure, num_modules), move)
 
     return mixed

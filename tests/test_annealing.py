@@ -78,6 +78,17 @@ def test_exact_local_move_takes_the_best_setting():
             np.testing.assert_array_equal(new.reshape(b, N, N - 1)[i, node], configs[best[i, node]])
 
 
+def test_exact_sweep_moves_every_node_to_its_best_setting():
+    configs = structure_lib.incoming_configs(N, K)
+    b = 6
+    best = np.random.RandomState(1).randint(0, len(configs), size=(b, N))
+    scores = np.ones((b, N, len(configs)), np.float32)
+    scores[np.arange(b)[:, None], np.arange(N)[None, :], best] = 0.0
+    sweep = structure_lib.make_proposal("exact_sweep", K, N, uniform_mix=0.0)
+    new = np.asarray(sweep(jax.random.PRNGKey(0), jnp.zeros((b, E), jnp.int32), scores))
+    np.testing.assert_array_equal(new.reshape(b, N, N - 1), configs[best])
+
+
 def test_uniform_mix_one_reproduces_uniform_sa():
     s = _planted(32)
     logits = jnp.zeros((32, E, K))
