@@ -178,7 +178,7 @@ def rollout(
     Returns:
       ``[G, num_steps, n, state_dim]`` predicted states after 1..num_steps steps.
     """
-    _check_structure(initial, structure)
+    _check_structure(initial, structure, bank.num_modules)
     layout = task_layout(structure, bank.num_modules, block_rows)
 
     def body(s, _):
@@ -219,7 +219,7 @@ def rollout_predictions(
       ``[C, p]`` (1 where the target frame exists), ``C = ceil((T - 1) / p)`` chunks.
     """
     b, t, n, d = states.shape
-    _check_structure(states[:, 0], structure)
+    _check_structure(states[:, 0], structure, bank.num_modules)
     starts = jnp.asarray(chunk_starts(t, p))
     c = starts.shape[0]
     initial = states[:, starts].reshape(b * c, n, d)
@@ -343,7 +343,7 @@ def incoming_config_losses(
     return err.mean(axis=1)
 
 
-def _check_structure(states: jax.Array, structure: jax.Array) -> None:
+def _check_structure(states: jax.Array, structure: jax.Array, num_modules: int) -> None:
     g, n = states.shape[0], states.shape[1]
     e = graph_lib.num_edges(n)
     if structure.shape != (g, e):
@@ -352,6 +352,13 @@ def _check_structure(states: jax.Array, structure: jax.Array) -> None:
         )
     if not jnp.issubdtype(structure.dtype, jnp.integer):
         raise ValueError(f"structure must be an integer array, got {structure.dtype}")
+    if not isinstance(structure, jax.core.Tracer) and structure.size:
+        low, high = int(structure.min()), int(structure.max())
+        if low < 0 or high >= num_modules:
+            raise ValueError(
+                f"structure holds module indices in [{low}, {high}]; the bank has "
+                f"{num_modules} modules (valid: 0..{num_modules - 1})"
+            )
 
 
 def num_chunks(num_frames: int, p: int) -> int:

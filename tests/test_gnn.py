@@ -136,3 +136,10 @@ def test_flops_count(model):
     bank, _ = model
     assert bank.flops_per_edge() == 2 * (8 * 16 + 16 * 16)
     assert bank.flops_per_node() == 2 * ((4 + 16) * 16 + 16 * 16 + 16 * 4)
+
+
+def test_out_of_range_module_index_is_an_error(model):
+    bank, params = model
+    bad = jnp.full((2, E), 3, jnp.int32)  # the bank has modules 0..2
+    with pytest.raises(ValueError, match="module indices in \\[3, 3\\]"):
+        gnn.rollout(bank, params, _states(0, 2)[:, 0], bad, 1)
