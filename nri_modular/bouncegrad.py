@@ -16,6 +16,7 @@ across epochs.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -109,7 +110,7 @@ def init_train_state(
     optimizer: optax.GradientTransformation,
     num_tasks: int,
     num_nodes: int,
-    initial_temperature: float = float(jnp.exp(-9.8)),
+    initial_temperature: float = math.exp(-9.8),
     proposal_params: Params = None,
     proposal_optimizer: optax.GradientTransformation | None = None,
 ) -> TrainState:
