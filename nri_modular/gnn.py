@@ -23,6 +23,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import jraph
+import numpy as np
 
 from nri_modular import graph as graph_lib
 from nri_modular.modules import ModuleBank, Params
@@ -353,7 +354,8 @@ def _check_structure(states: jax.Array, structure: jax.Array, num_modules: int) 
     if not jnp.issubdtype(structure.dtype, jnp.integer):
         raise ValueError(f"structure must be an integer array, got {structure.dtype}")
     if not isinstance(structure, jax.core.Tracer) and structure.size:
-        low, high = int(structure.min()), int(structure.max())
+        values = np.asarray(structure)  # Concrete: checked on the host, outside any trace.
+        low, high = int(values.min()), int(values.max())
         if low < 0 or high >= num_modules:
             raise ValueError(
                 f"structure holds module indices in [{low}, {high}]; the bank has "
