@@ -143,3 +143,12 @@ def test_out_of_range_module_index_is_an_error(model):
     bad = jnp.full((2, E), 3, jnp.int32)  # the bank has modules 0..2
     with pytest.raises(ValueError, match="module indices in \\[3, 3\\]"):
         gnn.rollout(bank, params, _states(0, 2)[:, 0], bad, 1)
+
+
+def test_structure_closed_over_in_jit(model):
+    """A concrete structure captured by a jitted function is checked on the host, not traced."""
+    bank, params = model
+    states = _states(12, 2, t=4)
+    st = _structure(13, 2)
+    loss = jax.jit(lambda p: gnn.rollout_loss(bank, p, states, st, 2))(params)
+    chex.assert_tree_all_finite(loss)
