@@ -80,12 +80,17 @@ def anneal_step(
     """One propose -> evaluate -> accept step for every task in the batch."""
     key, k_prop, k_acc = jax.random.split(state.key, 3)
     proposed = proposal_fn(k_prop, state.structure, logits)
-    proposed_energy = energy_fn(proposed)
+    changed = (proposed != state.structure).any(axis=-1)
+    # An unchanged proposal keeps the current energy exactly: re-evaluating it can differ
+    # in the last bits (other fusion / partitioning), which must not count as a worse move.
+    proposed_energy = jnp.where(
+        changed | ~jnp.isfinite(state.energy), energy_fn(proposed), state.energy
+    )
     accept, worse = metropolis(k_acc, state.energy, proposed_energy, state.temperature)
     structure = jnp.where(accept[:, None], proposed, state.structure)
     energy = jnp.where(accept, proposed_energy, state.energy)
     n_worse = worse.sum()
-    moved = accept & (proposed != state.structure).any(axis=-1)
+    moved = accept & changed
     diag = AnnealDiagnostics(
         accept_rate=moved.mean(),
         worse_rate=worse.mean(),
