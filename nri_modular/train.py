@@ -410,6 +410,12 @@ def train(config: Config, workdir: str) -> TrainResult:
         test_batch_size=config.test_batch_size,
     )
     _prepare_workdir(workdir, config)
+    logging.info(
+        "mesh %s over %d devices, %d process(es)",
+        dict(mesh.shape),
+        mesh.devices.size,
+        jax.process_count(),
+    )
 
     data = _load_data_all_hosts(config)
     train_split, test = data.train, data.test
