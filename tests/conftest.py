@@ -75,6 +75,16 @@ def subprocess_env(tmp_path_factory):
     return env
 
 
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory, tiny_data_dir):
+    """A workdir after the CI flagfile's run in this process (results + 2 checkpoints)."""
+    workdir = str(tmp_path_factory.mktemp("smoke") / "run")
+    from nri_modular import train
+
+    train.train_and_evaluate(flagfile_config(data_dir=tiny_data_dir), workdir)
+    return workdir
+
+
 # The longer run the resume / multi-device tests compare against (60 BounceGrad steps;
 # batch 20 splits over 1, 2 and 4 devices).
 REFERENCE_FLAGS = ("--batch_size=20", "--num_epochs=30", "--checkpoint_every=4", "--log_every=4")

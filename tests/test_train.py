@@ -10,19 +10,9 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import REFERENCE_FLAGS, REPO, cli, final_state, flagfile_config, reference_config
-
-from nri_modular import train
+from conftest import REFERENCE_FLAGS, REPO, cli, final_state, reference_config
 
 TIMING_KEYS = ("wall_seconds", "train_seconds", "test_search_seconds")
-
-
-@pytest.fixture(scope="session")
-def trained_workdir(tmp_path_factory, tiny_data_dir):
-    """A workdir after the CI flagfile's run in this process (results + 2 checkpoints)."""
-    workdir = str(tmp_path_factory.mktemp("smoke") / "run")
-    train.train_and_evaluate(flagfile_config(data_dir=tiny_data_dir), workdir)
-    return workdir
 
 
 def test_ci_flagfile_smoke_run(trained_workdir):
