@@ -111,16 +111,29 @@ def search_config(config: Config) -> evaluate.SearchConfig:
 
 
 def load_data(config: Config):
-    """Generates (once, cached in ``config.data_dir``) and loads the dataset."""
-    return datasets.ensure_dataset(
-        config.data_dir,
-        config.system,
-        num_train=config.num_train,
-        num_valid=config.num_valid,
-        num_test=config.num_test,
-        seed=config.data_seed,
-        num_particles=config.num_particles,
-    )
+    """Generates (once, cached in ``config.data_dir``) and loads the dataset.
+
+    Raises:
+      ValueError: a damaged dataset file (the message names the directory or file).
+    """
+    try:
+        return datasets.ensure_dataset(
+            config.data_dir,
+            config.system,
+            num_train=config.num_train,
+            num_valid=config.num_valid,
+            num_test=config.num_test,
+            seed=config.data_seed,
+            num_particles=config.num_particles,
+        )
+    except (EOFError, OSError, ValueError) as e:
+        if isinstance(e, FileNotFoundError) or config.data_dir in str(e):
+            raise
+        raise ValueError(
+            f"cannot load the {config.system} dataset in {config.data_dir!r} "
+            f"({type(e).__name__}: {e}); a file is damaged or truncated: delete it (or the "
+            "directory) to regenerate, or point --data_dir elsewhere"
+        ) from e
 
 
 def _config_json(config: Config) -> dict:
@@ -134,8 +147,16 @@ def _check_workdir_config(workdir: str, config: Config) -> None:
     path = os.path.join(workdir, "config.json")
     current = _config_json(config)
     if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
+        try:
+            with open(path, encoding="utf-8") as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(
+                f"{path} is unreadable ({type(e).__name__}: {e}); it records the run's shapes. "
+                "Restore it, or use another --workdir"
+            ) from e
+        if not isinstance(saved, dict):
+            raise ValueError(f"{path} does not hold a JSON object; use another --workdir")
         diff = {k: (saved.get(k), current[k]) for k in _STATE_FIELDS if saved.get(k) != current[k]}
         if diff:
             raise ValueError(
