@@ -7,6 +7,7 @@ An ablation is ``import nri_modular as nm`` plus a few calls::
   step = jax.jit(nm.make_bouncegrad_step(bank, optax.adam(2e-3), nm.BounceGradConfig(), 5))
 """
 
+from nri_modular import hidden_node
 from nri_modular.annealing import (
     AnnealDiagnostics,
     AnnealState,
@@ -51,6 +52,7 @@ from nri_modular.gnn import (
 )
 from nri_modular.graph import edge_index, graphs_to_tasks, tasks_to_graphs
 from nri_modular.modules import ModuleBank
+from nri_modular.proposal import ProposalNet, make_proposal_network
 from nri_modular.structure import (
     exact_best_structure,
     make_proposal,
@@ -69,6 +71,7 @@ __all__ = [
     "Config",
     "Dataset",
     "ModuleBank",
+    "ProposalNet",
     "Normalization",
     "SearchConfig",
     "Split",
@@ -82,6 +85,7 @@ __all__ = [
     "exact_best_structure",
     "generate_dataset",
     "geometric_temperatures",
+    "hidden_node",
     "graph_step",
     "graphs_to_tasks",
     "incoming_config_losses",
@@ -89,6 +93,7 @@ __all__ = [
     "load_dataset",
     "make_bouncegrad_step",
     "make_proposal",
+    "make_proposal_network",
     "message_passing_step",
     "metropolis",
     "module_mapping",
