@@ -38,6 +38,8 @@ def flagfile_config(path: str = TEST_FLAGS, **overrides):
             if not line.startswith("--"):
                 continue
             name, value = line[2:].split("=", 1)
+            if name not in fields:  # --workdir: not a Config field
+                continue
             default = getattr(defaults, fields[name].name)
             if isinstance(default, bool):
                 kwargs[name] = value.lower() in ("1", "true")
