@@ -431,6 +431,13 @@ def train(config: Config, workdir: str) -> TrainResult:
         test_batch_size=config.test_batch_size,
     )
     _prepare_workdir(workdir, config)
+    if distributed.data_axis_size(mesh) > 1 and config.edge_compute == "blocked":
+        logging.warning(
+            "edge_compute='blocked' sorts the edges of the whole batch by module: over %d "
+            "devices that becomes an all-to-all and ~3/4 of the work stays per device; "
+            "--edge_compute=all shards perfectly (see README, Scaling)",
+            distributed.data_axis_size(mesh),
+        )
     logging.info(
         "mesh %s over %d devices, %d process(es)",
         dict(mesh.shape),
