@@ -183,9 +183,12 @@ def train_state_shardings(mesh: Mesh, abstract_state: Any) -> Any:
     """Shardings of a :class:`nri_modular.bouncegrad.TrainState` (same pytree structure).
 
     Everything is replicated except ``structures [N, E]`` and ``energies [N]``, which are
-    split along the task axis.
+    split along the task axis when ``N`` is a multiple of the data-axis size (else they are
+    replicated too: 4 MB for 50k tasks).
     """
     shardings = jax.tree.map(lambda _: replicated(mesh), abstract_state)
+    if abstract_state.structures.shape[0] % data_axis_size(mesh):
+        return shardings
     return shardings.replace(structures=task_sharded(mesh), energies=task_sharded(mesh))
 
 

@@ -303,12 +303,11 @@ def build(config: Config, mesh, sample_states: np.ndarray) -> Setup:
       sample_states: ``[1, T, n, 4]`` one training trajectory (shapes; proposal init).
 
     Raises:
-      ValueError: batch_size / num_train not divisible by the data-axis size.
+      ValueError: batch_size / test_batch_size not divisible by the data-axis size.
     """
     distributed.check_divisible(
         mesh,
         batch_size=config.batch_size,
-        num_train=config.num_train,
         test_batch_size=config.test_batch_size,
     )
     n = config.num_particles
@@ -427,7 +426,6 @@ def train(config: Config, workdir: str) -> TrainResult:
     distributed.check_divisible(
         mesh,
         batch_size=config.batch_size,
-        num_train=config.num_train,
         test_batch_size=config.test_batch_size,
     )
     _prepare_workdir(workdir, config)
