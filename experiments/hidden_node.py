@@ -10,6 +10,7 @@ paper's 1.09e-3, plus the accuracy of the test "is a particle hidden?". Writes
 """
 
 import dataclasses
+import importlib.util
 
 from absl import app, flags, logging
 
@@ -39,6 +40,11 @@ for _field in dataclasses.fields(hidden_node.ExperimentConfig):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise app.UsageError(
+            "this experiment ends by drawing hidden_node.png and needs matplotlib: "
+            'pip install -e ".[plots]"'
+        )
     logging.set_verbosity(logging.INFO)
     kwargs = {}
     for field in dataclasses.fields(hidden_node.ExperimentConfig):
