@@ -1,0 +1,58 @@
+"""The committed flagfiles parse into valid configs and run from a fresh clone."""
+
+import dataclasses
+import glob
+import os
+
+import pytest
+
+from nri_modular import config as config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_FLAGFILES = sorted(
+    f
+    for f in glob.glob(os.path.join(ROOT, "experiments", "flags", "*.flags"))
+    if not os.path.basename(f).startswith("hidden_node")
+)
+
+
+def _read(path):
+    flags = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                name, _, value = line.lstrip("-").partition("=")
+                flags[name] = value
+    return flags
+
+
+@pytest.mark.parametrize("path", TRAIN_FLAGFILES, ids=os.path.basename)
+def test_flagfile_builds_a_valid_config(path):
+    flags = _read(path)
+    fields = {f.name: f for f in dataclasses.fields(config_lib.Config)}
+    kwargs = {}
+    for name, value in flags.items():
+        if name in ("workdir", "flagfile"):
+            continue
+        assert name in fields, f"{os.path.basename(path)}: unknown flag --{name}"
+        default = getattr(config_lib.Config(), name)
+        if isinstance(default, bool):
+            kwargs[name] = value.lower() in ("1", "true")
+        elif isinstance(default, tuple):
+            kwargs[name] = tuple(int(v) for v in value.split(","))
+        else:
+            kwargs[name] = type(default)(value)
+    config_lib.Config(**kwargs)  # Validates.
+
+
+@pytest.mark.parametrize(
+    "path", glob.glob(os.path.join(ROOT, "experiments", "flags", "*.flags")), ids=os.path.basename
+)
+def test_workdir_parent_exists_in_a_fresh_clone(path):
+    workdir = _read(path).get("workdir")
+    if workdir is not None and not os.path.isabs(workdir):
+        parent = os.path.dirname(os.path.join(ROOT, workdir))
+        assert os.path.isdir(parent), f"{path}: parent of --workdir={workdir} is not in the repo"
+        tracked = os.path.join(parent, ".gitkeep")
+        assert parent == ROOT or os.path.exists(tracked), f"{parent} is not kept in git"
