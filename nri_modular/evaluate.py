@@ -23,6 +23,7 @@ import numpy as np
 
 from nri_modular import annealing, gnn
 from nri_modular import structure as structure_lib
+from nri_modular.data import datasets
 from nri_modular.modules import ModuleBank, Params
 
 
@@ -53,13 +54,11 @@ class SearchConfig:
 
 
 def _padded_batches(num: int, batch_size: int):
-    """Yields ``(indices [batch_size], valid)``; the last batch repeats index 0 as padding."""
-    for start in range(0, num, batch_size):
-        idx = np.arange(start, min(start + batch_size, num))
-        valid = len(idx)
-        if valid < batch_size:
-            idx = np.concatenate([idx, np.zeros(batch_size - valid, idx.dtype)])
-        yield idx, valid
+    """Yields ``(indices [batch_size], valid)`` from :func:`datasets.eval_batches`: every
+    task once, in order; only the first ``valid`` entries of a batch are real tasks."""
+    indices, mask = datasets.eval_batches(num, batch_size)
+    for idx, valid in zip(indices, mask.sum(axis=1), strict=True):
+        yield idx, int(valid)
 
 
 @functools.partial(jax.jit, static_argnames=("bank", "config", "num_nodes", "proposal_apply"))
