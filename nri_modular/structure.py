@@ -17,10 +17,12 @@ blocked Gibbs, and the one-step losses of every setting of every node's incoming
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nri_modular import graph as graph_lib
 
@@ -84,10 +86,6 @@ def propose_blocked_gibbs(
 
 def incoming_configs(num_nodes: int, num_modules: int):
     """Every setting of one node's ``n - 1`` incoming edges: int32 ``[K^(n-1), n-1]``."""
-    import itertools
-
-    import numpy as np
-
     if num_modules ** (num_nodes - 1) > 65536:
         raise ValueError(
             f"exact local moves enumerate K^(n-1) = {num_modules}^{num_nodes - 1} settings; "
@@ -191,10 +189,6 @@ def mapping_candidates(num_modules: int, num_types: int):
     than relation types) has no injective map; there each module is later mapped to its
     majority type (see :func:`best_mapping`), and this returns an empty ``[0, K]``.
     """
-    import itertools
-
-    import numpy as np
-
     if num_modules > num_types:
         return np.zeros((0, num_modules), np.int32)
     perms = list(itertools.permutations(range(num_types), num_modules))
