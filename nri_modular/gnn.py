@@ -308,40 +308,75 @@ def graph_step(
 
 
 def incoming_config_losses(
-    bank: ModuleBank, params: Params, states: jax.Array, configs: jax.Array, stride: int = 1
+    bank: ModuleBank,
+    params: Params,
+    states: jax.Array,
+    configs: jax.Array,
+    stride: int = 1,
+    chunk_rows: int = 512,
 ) -> jax.Array:
     """One-step (teacher-forced) loss of node ``i`` for every setting of its incoming edges.
 
     Under the one-step loss, the edges entering node ``i`` change only node ``i``'s
     prediction, so the loss of a structure is ``sum_i loss_i(S[edges into i])`` and the
-    exact best structure is found node by node. Messages of every module on every edge are
-    computed once; each setting's aggregate is a sum of selected messages.
+    exact best structure is found node by node.
+
+    Cost: every module runs once on every edge, and its message is projected once by the
+    node module's (linear) first layer; a setting's first-layer pre-activation is then a
+    sum of ``n - 1`` selected projections (a ``[C, (n-1)K]`` one-hot matmul), so only the
+    node module's later layers run once per setting. That part runs over chunks of
+    ``chunk_rows`` (transition, node) rows (``lax.map``) so its ``C``-fold intermediates
+    stay in cache (2.2x faster than one pass on a 2-core CPU at 1,000 tasks); ``0`` = one
+    pass (better on accelerators).
 
     Args:
       states: ``[B, T, n, d]``.
       configs: int32 ``[C, n-1]``, settings of a node's incoming edges (``C = K^(n-1)``).
       stride: score every ``stride``-th transition only (cheaper, noisier).
+      chunk_rows: rows per chunk of the per-setting node pass (``0``: no chunking).
 
     Returns:
       ``[B, n, C]`` mean squared one-step error of node ``i`` under setting ``c``.
     """
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
+    if chunk_rows < 0:
+        raise ValueError(f"chunk_rows must be >= 0, got {chunk_rows}")
     b, _, n, d = states.shape
     receivers, senders = graph_lib.edge_index(n)
     current = states[:, :-1:stride]  # [B, T', n, d]
     following = states[:, 1::stride]
-    t = current.shape[1] + 1
+    t = current.shape[1]
+    rows = b * t * n
     x = jnp.concatenate([current[:, :, senders], current[:, :, receivers]], axis=-1)
-    every = bank.apply_edge_all(params["edge"], x.reshape(-1, 2 * d))  # [K, rows, H]
-    k, _, h = every.shape
-    every = every.reshape(k, b, t - 1, n, n - 1, h)
-    onehot = jax.nn.one_hot(configs, k, dtype=every.dtype)  # [C, n-1, K]
-    agg = jnp.einsum("kbtijh,cjk->btich", every, onehot)  # [B, T-1, n, C, H]
-    node_in = jnp.broadcast_to(current[:, :, :, None, :], (*agg.shape[:-1], d))
-    pred = node_in + bank.apply_node(params["node"], jnp.concatenate([node_in, agg], axis=-1))
-    err = jnp.square(pred - following[:, :, :, None, :]).mean(axis=-1)  # [B, T', n, C]
-    return err.mean(axis=1)
+    every = bank.apply_edge_all(params["edge"], x.reshape(-1, 2 * d))  # [K, B*T'*E, H]
+    w_state, w_msg, bias = bank.node_first_layer(params["node"])
+    k, f = every.shape[0], w_msg.shape[1]
+    m = (n - 1) * k
+    proj = (every @ w_msg).reshape(k, rows, n - 1, f)  # [K, rows, n-1, F]
+    proj = jnp.moveaxis(proj, 0, 2).reshape(rows, m, f)  # columns: (edge j, module k)
+    onehot = jax.nn.one_hot(configs, k, dtype=proj.dtype).reshape(-1, m)  # [C, (n-1)K]
+    node_states = current.reshape(rows, d)
+    base = node_states @ w_state + bias[None]  # [rows, F]
+    target = following.reshape(rows, d)
+
+    def errors(chunk):  # [r, ...] rows -> [C, r] squared one-step error per setting
+        p, bs, s, y = chunk
+        pre = (onehot @ jnp.moveaxis(p, 1, 0).reshape(m, -1)).reshape(-1, *bs.shape)
+        pred = s[None] + bank.apply_node_rest(params["node"], pre + bs[None])
+        return jnp.square(pred - y[None]).mean(axis=-1)
+
+    chunk = rows if chunk_rows == 0 else min(chunk_rows, rows)
+    num_chunks = -(-rows // chunk)
+    pad = num_chunks * chunk - rows
+
+    def split(a):  # [rows, ...] -> [num_chunks, chunk, ...] (zero-padded)
+        a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+        return a.reshape(num_chunks, chunk, *a.shape[1:])
+
+    err = jax.lax.map(errors, tuple(split(a) for a in (proj, base, node_states, target)))
+    err = jnp.moveaxis(err, 1, 0).reshape(-1, num_chunks * chunk)[:, :rows]  # [C, rows]
+    return err.reshape(-1, b, t, n).mean(axis=2).transpose(1, 2, 0)  # [B, n, C]
 
 
 def _check_structure(states: jax.Array, structure: jax.Array, num_modules: int) -> None:

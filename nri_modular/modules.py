@@ -126,6 +126,28 @@ class ModuleBank:
         """``[..., state_dim + message_dim] -> [..., state_dim]`` state delta."""
         return self.node_mlp.apply(node_params, x)
 
+    def node_first_layer(self, node_params: Params) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """The node module's first (linear) layer split by input: ``(W_state, W_message, b)``.
+
+        ``Dense_0([s, m]) = s @ W_state + m @ W_message + b``; with :meth:`apply_node_rest`
+        this lets a caller sum per-edge message projections instead of re-running the
+        first layer on every candidate aggregate (exact local moves).
+        """
+        layer = node_params["params"]["Dense_0"]
+        kernel = layer["kernel"]
+        return kernel[: self.state_dim], kernel[self.state_dim :], layer["bias"]
+
+    def apply_node_rest(self, node_params: Params, pre: jax.Array) -> jax.Array:
+        """The node module after its first layer's affine map: ``[..., F0] -> [..., 4]``."""
+        layers = node_params["params"]
+        x = nn.relu(pre)
+        for i in range(1, len(self.node_features) + 1):
+            layer = layers[f"Dense_{i}"]
+            x = x @ layer["kernel"] + jnp.expand_dims(layer["bias"], range(x.ndim - 1))
+            if i < len(self.node_features):
+                x = nn.relu(x)
+        return x
+
     def flops_per_edge(self) -> int:
         """Multiply-add FLOPs (x2) of one edge module on one edge."""
         return _mlp_flops(2 * self.state_dim, self.edge_features)

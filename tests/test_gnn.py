@@ -152,3 +152,34 @@ def test_structure_closed_over_in_jit(model):
     st = _structure(13, 2)
     loss = jax.jit(lambda p: gnn.rollout_loss(bank, p, states, st, 2))(params)
     chex.assert_tree_all_finite(loss)
+
+
+def test_node_module_split_at_its_first_layer(model):
+    bank, params = model
+    x = jax.random.normal(jax.random.PRNGKey(12), (7, 4 + 16))
+    w_state, w_msg, bias = bank.node_first_layer(params["node"])
+    pre = x[:, :4] @ w_state + x[:, 4:] @ w_msg + bias[None]
+    chex.assert_trees_all_close(
+        bank.apply_node_rest(params["node"], pre), bank.apply_node(params["node"], x), atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("stride, chunk_rows", [(1, 0), (1, 7), (2, 512), (2, 5)])
+def test_incoming_config_losses_score_every_setting(model, stride, chunk_rows):
+    """Each setting's score is node i's one-step error with that setting on its edges
+    (whatever the chunking of the per-setting pass, padded chunks included)."""
+    bank, params = model
+    states = _states(13, 2, t=6)
+    configs = structure_lib.incoming_configs(N, 3)
+    scores = np.asarray(
+        gnn.incoming_config_losses(bank, params, states, jnp.asarray(configs), stride, chunk_rows)
+    )
+    rng = np.random.RandomState(0)
+    for c in rng.choice(len(configs), 5, replace=False):
+        st = jnp.asarray(np.tile(configs[c], (2, N)), jnp.int32)  # setting c on every node
+        current, following = states[:, :-1:stride], states[:, 1::stride]
+        t = current.shape[1]
+        pred = gnn.rollout(bank, params, current.reshape(2 * t, N, 4), jnp.repeat(st, t, 0), 1)
+        err = np.square(np.asarray(pred[:, 0]) - np.asarray(following).reshape(2 * t, N, 4))
+        expected = err.mean(-1).reshape(2, t, N).mean(1)  # [B, n]
+        np.testing.assert_allclose(scores[:, :, c], expected, rtol=1e-4, atol=1e-7)
