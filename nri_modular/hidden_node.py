@@ -744,18 +744,20 @@ def best_threshold(scores_present: np.ndarray, scores_absent: np.ndarray) -> flo
 class ExperimentConfig:
     """Settings of the hidden-particle experiment (defaults: the CPU demo)."""
 
-    # Data (the springs dataset of the main experiments; cached in data_dir).
-    data_dir: str = "data"
+    # Data (springs, cached in data_dir; a folder of its own, since the main demos keep
+    # 2,000 training systems in data/).
+    data_dir: str = "data/springs_10k"
     num_particles: int = 5
-    num_train: int = 2000
+    num_train: int = 10000
     num_valid: int = 100
     num_test: int = 1000
     data_seed: int = 42
     # Model trained with the TRUE edges (structure = labels, module k = relation type k).
-    edge_hidden: tuple[int, ...] = (64, 64, 64)
-    node_hidden: tuple[int, ...] = (64, 64, 64)
+    # 128 wide on 10k systems: rollout-from-truth MSE 1.4e-4 (64 wide on 2k: 5.5e-4).
+    edge_hidden: tuple[int, ...] = (128, 128, 128)
+    node_hidden: tuple[int, ...] = (128, 128, 128)
     batch_size: int = 50
-    num_epochs: int = 60
+    num_epochs: int = 20
     learning_rate: float = 2e-3
     final_learning_rate: float = 1e-4
     p: int = 10
