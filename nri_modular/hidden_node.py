@@ -932,6 +932,29 @@ def state_prior(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first.mean(0).astype(np.float32), first.std(0).astype(np.float32)
 
 
+def free_particle_floor(states: np.ndarray, labels: np.ndarray, frames: int) -> float:
+    """Lowest hidden MSE any method can reach on a particle with no relation at all.
+
+    Such a particle exerts no pull, so the observed particles carry no information about
+    it and the best estimate under squared error is the mean trajectory of free particles;
+    its error is their per-frame variance, averaged over frames and the 4 state dims.
+
+    Args:
+      states: ``[S, T, n, 4]`` (e.g. the training split); labels: int ``[S, n(n-1)]``.
+      frames: frames ``0..frames-1`` to average over.
+
+    Returns:
+      The floor (``nan`` if no particle of ``states`` is free).
+    """
+    n = states.shape[2]
+    matrix = graph_lib.edges_to_matrix(np.asarray(labels), n)
+    free = (matrix.sum(axis=1) + matrix.sum(axis=2)) == 0  # [S, n]
+    if not free.any():
+        return float("nan")
+    paths = np.swapaxes(np.asarray(states)[:, :frames], 1, 2)[free]  # [F, frames, 4]
+    return float(paths.var(axis=0).mean())
+
+
 def _batched(fn, arrays: tuple, batch: int, key, log=None, what=""):
     """Runs jitted ``fn(*arrays_batch, key)`` on fixed-size batches (last one padded)."""
     total = arrays[0].shape[0]
@@ -1018,6 +1041,8 @@ def run_experiment(config: ExperimentConfig, workdir: str, log=print) -> dict:
         "hidden_mse_connected": float(mse[connected].mean()) if connected.any() else None,
         "hidden_mse_unconnected": float(mse[~connected].mean()) if (~connected).any() else None,
         "num_connected": int(connected.sum()),
+        # No method does better than this on the systems whose hidden particle is free.
+        "free_particle_floor": free_particle_floor(data.train.states, data.train.labels, t),
         "hidden_position_mse": float(
             np.square(known.trajectory[..., :2] - systems.hidden_states[..., :2]).mean()
         ),
@@ -1241,6 +1266,16 @@ def format_results(results: dict) -> str:
         lines.append(
             f"| ... hidden particle with no spring ({unconnected}) | "
             f"{r['hidden_mse_unconnected']:.3e} | |"
+        )
+    if r.get("free_particle_floor") is not None and unconnected:
+        floor = r["free_particle_floor"]
+        lines.append(
+            f"| ... lowest possible there (free particles' per-frame variance) | {floor:.3e} | |"
+        )
+        lines.append(
+            f"| lowest possible mean over all {r['num_systems']} systems "
+            f"({unconnected} x that / {r['num_systems']}) | "
+            f"{unconnected * floor / r['num_systems']:.3e} | |"
         )
     if "existence_accuracy" in r:
         per_class = r["existence_num_per_class"]

@@ -188,3 +188,16 @@ def test_bad_inputs_fail_clearly(systems):
         hn.SearchConfig(windows=(10,), learning_rates=(1e-2, 1e-3))
     with pytest.raises(ValueError, match="unknown hidden"):
         hn.ExperimentConfig(hidden="first")
+
+
+def test_free_particle_floor_is_the_variance_of_free_paths():
+    rng = np.random.RandomState(0)
+    states = rng.randn(4, 6, 3, 4).astype(np.float32)
+    matrix = np.zeros((4, 3, 3), np.int32)
+    matrix[:, 0, 1] = matrix[:, 1, 0] = 1  # particles 0 and 1 linked: 2 is free
+    matrix[3, 1, 2] = matrix[3, 2, 1] = 1  # ... except in system 3
+    labels = graph_lib.matrix_to_edges(matrix)
+    free_paths = states[:3, :5, 2]  # [3, 5, 4]
+    expected = free_paths.var(axis=0).mean()
+    assert hn.free_particle_floor(states, labels, 5) == pytest.approx(expected, rel=1e-6)
+    assert np.isnan(hn.free_particle_floor(states[3:], labels[3:], 5))
