@@ -81,7 +81,9 @@ _OBS_FRAMES = flags.DEFINE_integer("obs_frames", 49, "Observed frames of a test 
 _P = flags.DEFINE_integer("p", 10, "Rollout length of the energy.")
 _HIDDEN = flags.DEFINE_integer("hidden", 64, "Edge/node module width (3 layers).")
 _PROPOSAL_HIDDEN = flags.DEFINE_integer("proposal_hidden", 64, "Proposal network width.")
-_TRAIN_STEPS = flags.DEFINE_integer("train_steps", 3000, "Module training steps (true graph).")
+_TRAIN_STEPS = flags.DEFINE_integer(
+    "train_steps", None, "Module + proposal training steps on the true graph (3000; quick 800)."
+)
 _TRAIN_BATCH = flags.DEFINE_integer("train_batch", 50, "Training tasks per step.")
 _LR = flags.DEFINE_float("learning_rate", 2e-3, "Module learning rate.")
 _PROPOSAL_LR = flags.DEFINE_float("proposal_learning_rate", 1e-3, "Proposal learning rate.")
@@ -115,6 +117,10 @@ def _setting(flag, full, quick):
     return quick if _QUICK.value else full
 
 
+def _train_steps() -> int:
+    return _setting(_TRAIN_STEPS, 3000, 800)
+
+
 def _sync(tree):
     return jax.block_until_ready(tree)
 
@@ -137,7 +143,7 @@ class Trained:
 def _cache_path(system: str) -> str:
     name = (
         f"{system}_n5_K{NUM_MODULES}_h{_HIDDEN.value}_ph{_PROPOSAL_HIDDEN.value}"
-        f"_steps{_TRAIN_STEPS.value}_b{_TRAIN_BATCH.value}_lr{_LR.value:g}"
+        f"_steps{_train_steps()}_b{_TRAIN_BATCH.value}_lr{_LR.value:g}"
         f"_plr{_PROPOSAL_LR.value:g}_p{_P.value}_seed{_SEED.value}"
         f"_data{_NUM_TRAIN.value}-{_DATA_SEED.value}.msgpack"
     )
@@ -184,7 +190,7 @@ def train_or_load(system: str, train: datasets.Split) -> Trained:
     per_epoch = train.num_tasks // batch_size
     start = time.perf_counter()
     window = []
-    for step in range(_TRAIN_STEPS.value):
+    for step in range(_train_steps()):
         epoch, offset = divmod(step, per_epoch)
         ids = datasets.task_batches(train.num_tasks, batch_size, _SEED.value, epoch)[offset]
         batch = bouncegrad.Batch(
@@ -194,10 +200,10 @@ def train_or_load(system: str, train: datasets.Split) -> Trained:
         )
         state, metrics = step_fn(state, batch)
         window.append(metrics)
-        if (step + 1) % 200 == 0 or step + 1 == _TRAIN_STEPS.value:
+        if (step + 1) % 200 == 0 or step + 1 == _train_steps():
             m = jax.device_get(window)
             print(
-                f"[{system}] train step {step + 1}/{_TRAIN_STEPS.value}: "
+                f"[{system}] train step {step + 1}/{_train_steps()}: "
                 f"loss {np.mean([x['loss'] for x in m]):.3e}, proposal xent "
                 f"{np.mean([x['proposal_loss'] for x in m]):.4f} "
                 f"({time.perf_counter() - start:.0f} s, {_load_avg()})",
