@@ -92,7 +92,7 @@ _TRAIN_ONLY = flags.DEFINE_bool("train_only", False, "Only train (or load) and c
 _META_COMPARE = flags.DEFINE_bool(
     "meta_train_compare", False, "Also time meta-training (springs) with proposal on vs off."
 )
-_META_STEPS = flags.DEFINE_integer("meta_train_steps", 2000, "Meta-training step budget.")
+_META_STEPS = flags.DEFINE_integer("meta_train_steps", 3000, "Meta-training step budget.")
 _META_SA_STEPS = flags.DEFINE_integer("meta_sa_steps", 5, "SA steps per meta-training step.")
 _META_EVAL_EVERY = flags.DEFINE_integer("meta_eval_every", 50, "Accuracy check interval.")
 
