@@ -142,6 +142,34 @@ def test_four_devices_equal_one_device(tmp_path, reference_run, tiny_data_dir, s
     _assert_same_run(workdir, reference_run, tiny_data_dir)
 
 
+def test_four_devices_with_replicated_task_state_equal_one_device(tmp_path, subprocess_env):
+    """42 training tasks do not split over 4 devices, so every task's structure and energy
+    are replicated (:func:`distributed.train_state_shardings`): same run as on 1 device."""
+    data_dir = str(tmp_path / "data42")
+    extra = ("--num_train=42", "--batch_size=20", "--num_epochs=6", "--checkpoint_every=4")
+    workdirs = {}
+    for devices in (1, 4):
+        workdirs[devices] = str(tmp_path / f"run{devices}")
+        env = dict(subprocess_env)
+        if devices > 1:
+            env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        proc = subprocess.run(
+            cli(workdirs[devices], data_dir, *extra),
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert f"over {devices} devices" in proc.stderr
+    config = flagfile_config(
+        data_dir=data_dir, num_train=42, batch_size=20, num_epochs=6, checkpoint_every=4
+    )
+    assert config.num_train % 4  # the replicated case
+    _assert_same_run(workdirs[4], workdirs[1], data_dir, config)
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("localhost", 0))
