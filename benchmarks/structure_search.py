@@ -188,9 +188,10 @@ def train_or_load(system: str, train: datasets.Split) -> Trained:
     state = state.replace(structures=jnp.asarray(train.labels))
     batch_size = _TRAIN_BATCH.value
     per_epoch = train.num_tasks // batch_size
+    num_steps = _train_steps()
     start = time.perf_counter()
     window = []
-    for step in range(_train_steps()):
+    for step in range(num_steps):
         epoch, offset = divmod(step, per_epoch)
         ids = datasets.task_batches(train.num_tasks, batch_size, _SEED.value, epoch)[offset]
         batch = bouncegrad.Batch(
@@ -200,10 +201,10 @@ def train_or_load(system: str, train: datasets.Split) -> Trained:
         )
         state, metrics = step_fn(state, batch)
         window.append(metrics)
-        if (step + 1) % 200 == 0 or step + 1 == _train_steps():
+        if (step + 1) % 200 == 0 or step + 1 == num_steps:
             m = jax.device_get(window)
             print(
-                f"[{system}] train step {step + 1}/{_train_steps()}: "
+                f"[{system}] train step {step + 1}/{num_steps}: "
                 f"loss {np.mean([x['loss'] for x in m]):.3e}, proposal xent "
                 f"{np.mean([x['proposal_loss'] for x in m]):.4f} "
                 f"({time.perf_counter() - start:.0f} s, {_load_avg()})",
@@ -345,13 +346,11 @@ def run_batched(trained: Trained, method: str, states, labels, temps) -> Curve:
     structures = _sync([s for s, _, _ in inits])
     seconds, steps = [time.perf_counter() - t0], [0]
     accuracy = [_accuracy(np.concatenate(structures), labels)]
-    carry = None
+    carry = [
+        (start_c(trained.params, b, s, k), aux)
+        for b, (s, k, aux) in zip(batches, inits, strict=True)
+    ]
     for i in range(len(temps) // c):
-        if carry is None:
-            carry = [
-                (start_c(trained.params, b, s, k), aux)
-                for b, (s, k, aux) in zip(batches, inits, strict=True)
-            ]
         carry = [
             (chunk_c(trained.params, b, st, aux, temps[i * c : (i + 1) * c]), aux)
             for b, (st, aux) in zip(batches, carry, strict=True)

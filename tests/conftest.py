@@ -104,19 +104,25 @@ def cli(workdir: str, data_dir: str, *extra: str) -> list[str]:
     ]
 
 
-@pytest.fixture(scope="session")
-def reference_run(tmp_path_factory, tiny_data_dir, subprocess_env):
-    """Workdir of one uninterrupted 1-device CLI run with :data:`REFERENCE_FLAGS`."""
-    workdir = str(tmp_path_factory.mktemp("reference") / "run")
+def run_cli(env: dict, workdir: str, data_dir: str, *extra: str) -> subprocess.CompletedProcess:
+    """Runs :func:`cli` to completion; fails the test (with its stderr) if it fails."""
     proc = subprocess.run(
-        cli(workdir, tiny_data_dir, *REFERENCE_FLAGS),
-        env=subprocess_env,
+        cli(workdir, data_dir, *extra),
+        env=env,
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, tiny_data_dir, subprocess_env):
+    """Workdir of one uninterrupted 1-device CLI run with :data:`REFERENCE_FLAGS`."""
+    workdir = str(tmp_path_factory.mktemp("reference") / "run")
+    run_cli(subprocess_env, workdir, tiny_data_dir, *REFERENCE_FLAGS)
     return workdir
 
 

@@ -21,6 +21,7 @@ from conftest import (
     final_state,
     flagfile_config,
     reference_config,
+    run_cli,
 )
 
 from nri_modular import bouncegrad, distributed, train
@@ -129,15 +130,7 @@ def _assert_same_run(workdir, reference_run, data_dir, config=None):
 def test_four_devices_equal_one_device(tmp_path, reference_run, tiny_data_dir, subprocess_env):
     workdir = str(tmp_path / "run4")
     env = dict(subprocess_env, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    proc = subprocess.run(
-        cli(workdir, tiny_data_dir, *REFERENCE_FLAGS),
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli(env, workdir, tiny_data_dir, *REFERENCE_FLAGS)
     assert "mesh {'data': 4, 'model': 1} over 4 devices" in proc.stderr
     _assert_same_run(workdir, reference_run, tiny_data_dir)
 
@@ -153,15 +146,7 @@ def test_four_devices_with_replicated_task_state_equal_one_device(tmp_path, subp
         env = dict(subprocess_env)
         if devices > 1:
             env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-        proc = subprocess.run(
-            cli(workdirs[devices], data_dir, *extra),
-            env=env,
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
+        proc = run_cli(env, workdirs[devices], data_dir, *extra)
         assert f"over {devices} devices" in proc.stderr
     config = flagfile_config(
         data_dir=data_dir, num_train=42, batch_size=20, num_epochs=6, checkpoint_every=4

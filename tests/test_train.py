@@ -10,7 +10,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import REFERENCE_FLAGS, REPO, cli, final_state, reference_config
+from conftest import REFERENCE_FLAGS, REPO, cli, final_state, reference_config, run_cli
 
 TIMING_KEYS = ("wall_seconds", "train_seconds", "test_search_seconds")
 
@@ -94,15 +94,7 @@ def test_sigkill_then_sigterm_then_resume_equals_uninterrupted_run(
     assert not os.path.exists(os.path.join(workdir, "results.json"))
 
     # 3. Resume to the end: same results, metrics and final state as without interruption.
-    proc = subprocess.run(
-        cli(workdir, tiny_data_dir, *REFERENCE_FLAGS),
-        env=subprocess_env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_cli(subprocess_env, workdir, tiny_data_dir, *REFERENCE_FLAGS)
     assert _steps(workdir)[-1] == total
     assert _results(workdir) == _results(reference_run)
 
