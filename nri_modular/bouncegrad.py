@@ -48,6 +48,12 @@ class BounceGradConfig:
       num_types: number of true relation types (for edge-accuracy metrics only).
       exact_stride: exact moves score every ``exact_stride``-th transition.
       block_rows, edge_compute: see :mod:`nri_modular.gnn`.
+      task_shards: ``V`` virtual shards of the training tasks (see
+        :func:`nri_modular.data.datasets.task_batches`): slice ``v`` of every batch holds
+        only tasks of block ``v`` of ``TrainState.structures``, so the step reads and
+        writes each task's structure and energy within its block (:func:`gather_tasks`),
+        which stays on the device holding that block when the device count divides ``V``;
+        the blocked edge layouts are per slice too (``gnn.rollout``'s ``groups``).
     """
 
     p: int = 10
@@ -61,6 +67,50 @@ class BounceGradConfig:
     exact_stride: int = 1
     block_rows: int = 512
     edge_compute: str = "blocked"
+    task_shards: int = 1
+
+
+def gather_tasks(table: jax.Array, task_ids: jax.Array, shards: int = 1) -> jax.Array:
+    """``table[task_ids]``, block-local for ``shards > 1``.
+
+    Args:
+      table: ``[N, ...]`` per-task values (structures or energies).
+      task_ids: int32 ``[B]``; with ``shards = V > 1``, slice ``v`` of ``B / V`` ids must lie
+        in block ``v`` of ``N / V`` rows (as :func:`~nri_modular.data.datasets.task_batches`
+        makes them). Written as a gather batched over the ``V`` blocks, so a task-sharded
+        ``table`` needs no communication when the device count divides ``V``.
+
+    Returns:
+      ``[B, ...]``.
+    """
+    if shards == 1:
+        return table[task_ids]
+    blocks, local = _block_view(table, task_ids, shards)
+    out = jax.vmap(lambda t, i: t[i])(blocks, local)
+    return out.reshape(task_ids.shape[0], *table.shape[1:])
+
+
+def scatter_tasks(
+    table: jax.Array, task_ids: jax.Array, values: jax.Array, shards: int = 1
+) -> jax.Array:
+    """``table.at[task_ids].set(values)``, block-local as :func:`gather_tasks`."""
+    if shards == 1:
+        return table.at[task_ids].set(values)
+    blocks, local = _block_view(table, task_ids, shards)
+    vals = values.reshape(shards, -1, *values.shape[1:])
+    out = jax.vmap(lambda t, i, v: t.at[i].set(v))(blocks, local, vals)
+    return out.reshape(table.shape)
+
+
+def _block_view(table, task_ids, shards):
+    """``table`` as ``[V, N/V, ...]`` blocks and ``task_ids`` as ``[V, B/V]`` in-block rows."""
+    n, b = table.shape[0], task_ids.shape[0]
+    if n % shards or b % shards:
+        raise ValueError(f"task_shards={shards} must divide the {n} tasks and the batch of {b}")
+    size = n // shards
+    blocks = table.reshape(shards, size, *table.shape[1:])
+    local = task_ids.reshape(shards, b // shards) - (jnp.arange(shards) * size)[:, None]
+    return blocks, local
 
 
 @flax.struct.dataclass
@@ -172,13 +222,15 @@ def make_bouncegrad_step(
             config.p,
             block_rows=config.block_rows,
             edge_compute=config.edge_compute,
+            groups=config.task_shards,
         )
 
     def step(state: TrainState, batch: Batch):
         key = jax.random.fold_in(state.rng, state.step)
         k_anneal, _ = jax.random.split(key)
-        structure = state.structures[batch.task_ids]
-        energy = state.energies[batch.task_ids]
+        shards = config.task_shards
+        structure = gather_tasks(state.structures, batch.task_ids, shards)
+        energy = gather_tasks(state.energies, batch.task_ids, shards)
         if config.refresh_energy:
             energy = loss_fn(state.params, batch.states, structure)
 
@@ -245,8 +297,10 @@ def make_bouncegrad_step(
         new_state = state.replace(
             params=params,
             opt_state=opt_state,
-            structures=state.structures.at[batch.task_ids].set(structure),
-            energies=state.energies.at[batch.task_ids].set(per_task.astype(jnp.float32)),
+            structures=scatter_tasks(state.structures, batch.task_ids, structure, shards),
+            energies=scatter_tasks(
+                state.energies, batch.task_ids, per_task.astype(jnp.float32), shards
+            ),
             temperature=temperature,
             step=state.step + 1,
             proposal_params=proposal_params,

@@ -64,6 +64,7 @@ class Config:
     keep_checkpoints: int = 3
     # Scaling (see nri_modular/distributed.py): mesh and multi-host start-up.
     model_axis_size: int = 1
+    task_shards: int = 1  # V: virtual shards of the training tasks (a multiple of devices)
     coordinator_address: str = ""
     num_processes: int = 0  # 0: single process, or detected (SLURM / TPU)
     process_id: int = -1  # -1: detected
@@ -106,6 +107,7 @@ class Config:
             "checkpoint_every",
             "keep_checkpoints",
             "model_axis_size",
+            "task_shards",
         ):
             value = getattr(self, name)
             _check(value > 0, f"{name} must be positive, got {value}")
@@ -117,6 +119,13 @@ class Config:
             self.batch_size <= self.num_train,
             f"batch_size {self.batch_size} exceeds num_train {self.num_train}",
         )
+        for name in ("num_train", "batch_size", "test_batch_size"):
+            value = getattr(self, name)
+            _check(
+                value % self.task_shards == 0,
+                f"{name}={value} is not divisible by task_shards={self.task_shards} (each of the "
+                "task_shards blocks of tasks fills an equal slice of every batch)",
+            )
         for name in ("learning_rate", "proposal_learning_rate"):
             value = getattr(self, name)
             _check(value > 0, f"{name} must be positive, got {value}")

@@ -208,7 +208,8 @@ def put_batch(mesh: Mesh, host_arrays: Any, rows: np.ndarray | None = None) -> A
     """Global task-sharded arrays; each process gathers only the rows its devices hold.
 
     Args:
-      host_arrays: pytree of numpy arrays ``[M, ...]`` (the whole split, or the batch).
+      host_arrays: pytree of arrays ``[M, ...]`` indexable by row ids (numpy, memmaps, or
+        :class:`~nri_modular.data.datasets.TaskRows` holding this host's rows).
       rows: int ``[B]`` rows of ``host_arrays`` forming the batch (default: all ``M``).
 
     Returns:
@@ -217,13 +218,35 @@ def put_batch(mesh: Mesh, host_arrays: Any, rows: np.ndarray | None = None) -> A
     sharding = task_sharded(mesh)
 
     def put(x):
-        x = np.asarray(x) if not isinstance(x, np.ndarray | np.memmap) else x
+        x = x if hasattr(x, "shape") and hasattr(x, "__getitem__") else np.asarray(x)
         idx = np.arange(x.shape[0]) if rows is None else np.asarray(rows)
         shape = (len(idx), *x.shape[1:])
         check_divisible(mesh, batch_rows=len(idx))
         return jax.make_array_from_callback(shape, sharding, lambda s: np.asarray(x[idx[s[0]]]))
 
     return jax.tree.map(put, host_arrays)
+
+
+def local_task_rows(mesh: Mesh, num_tasks: int, task_shards: int) -> np.ndarray | None:
+    """Training tasks whose data this process's devices will ever read, or None for all.
+
+    With ``task_shards`` (``V``) a multiple of the data-axis size ``D`` (and ``D`` dividing
+    ``num_tasks``), device ``d`` only sees tasks ``[d N/D, (d+1) N/D)`` (see
+    :func:`nri_modular.data.datasets.task_batches`), the same rows of the per-task state
+    it holds; a host needs the union over its devices. Otherwise any device may see any
+    task: None.
+
+    Returns:
+      Sorted int64 task ids, or None when they would be all of them.
+    """
+    d = data_axis_size(mesh)
+    if task_shards % d or num_tasks % d:
+        return None
+    index_map = task_sharded(mesh).addressable_devices_indices_map((num_tasks,))
+    held = np.zeros(num_tasks, bool)
+    for (rows,) in index_map.values():
+        held[rows] = True
+    return None if held.all() else np.flatnonzero(held)
 
 
 def to_host(x: Any) -> Any:

@@ -51,6 +51,7 @@ class SearchConfig:
     exact_stride: int = 1
     block_rows: int = 512
     edge_compute: str = "blocked"
+    groups: int = 1
 
 
 def _padded_batches(num: int, batch_size: int):
@@ -76,6 +77,7 @@ def _search_batch(bank, params, states, key, config, num_nodes, proposal_params,
             config.p,
             block_rows=config.block_rows,
             edge_compute=config.edge_compute,
+            groups=config.groups,
         )
 
     k_init, k_anneal = jax.random.split(key)
@@ -140,8 +142,12 @@ def search_structures(
     return np.concatenate(structures), np.concatenate(energies)
 
 
-@functools.partial(jax.jit, static_argnames=("bank", "horizon", "block_rows", "edge_compute"))
-def _rollout_sq_error(bank, params, states, structure, start, horizon, block_rows, edge_compute):
+@functools.partial(
+    jax.jit, static_argnames=("bank", "horizon", "block_rows", "edge_compute", "groups")
+)
+def _rollout_sq_error(
+    bank, params, states, structure, start, horizon, block_rows, edge_compute, groups
+):
     preds = gnn.rollout(
         bank,
         params,
@@ -150,6 +156,7 @@ def _rollout_sq_error(bank, params, states, structure, start, horizon, block_row
         horizon,
         block_rows=block_rows,
         edge_compute=edge_compute,
+        groups=groups,
     )
     truth = jax.lax.dynamic_slice_in_dim(states, start + 1, horizon, axis=1)
     return jnp.square(preds - truth).mean(axis=(2, 3))  # [B, horizon]
@@ -167,12 +174,14 @@ def prediction_mse(
     edge_compute: str = "blocked",
     put: Callable[[np.ndarray], jax.Array] = jnp.asarray,
     fetch: Callable[[jax.Array], np.ndarray] = np.asarray,
+    groups: int = 1,
 ) -> np.ndarray:
     """MSE of open-loop rollouts from ``start_frame``, per step.
 
     Args:
       states: ``[N, T, n, 4]`` with ``T > start_frame + horizon``.
       structures: int32 ``[N, E]``.
+      groups: edge layouts per ``groups`` slices of a batch (see ``gnn.rollout``).
       put, fetch: as in :func:`search_structures`.
 
     Returns:
@@ -196,6 +205,7 @@ def prediction_mse(
             horizon,
             block_rows,
             edge_compute,
+            groups,
         )
         total += fetch(err)[:valid].sum(0)
     return total / n_tasks

@@ -13,6 +13,11 @@ edges are grouped by module into fixed-size row blocks (static shapes; at most `
 partly empty blocks), each block is one batched matmul with its module's weights. This
 costs ~1x the FLOPs of the chosen modules instead of Kx for computing every module on every
 edge (``edge_compute="all"``, kept for comparison).
+
+With ``groups = V > 1`` the rows are ``V`` equal contiguous groups (groups of tasks) and
+each group is sorted into blocks on its own (a layout batched over a leading group axis):
+when the group axis is split over devices, every device sorts and computes only its own
+edges, with no communication. Same messages, other block boundaries.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ class EdgeLayout:
       block_module: int32 ``[num_blocks]``, the module every row of a block uses.
       module: int32 ``[rows]``, the module of each row (for ``edge_compute="all"``).
       block_rows: static rows per block.
+      groups: static ``V``; for ``V > 1`` ``position``, ``source`` and ``block_module`` have a
+        leading ``[V]`` axis and index within their group's ``rows / V`` rows.
     """
 
     position: jax.Array
@@ -48,19 +55,30 @@ class EdgeLayout:
     block_module: jax.Array
     module: jax.Array
     block_rows: int = flax.struct.field(pytree_node=False)
+    groups: int = flax.struct.field(pytree_node=False, default=1)
 
 
-def make_layout(module: jax.Array, num_modules: int, block_rows: int = 512) -> EdgeLayout:
+def make_layout(
+    module: jax.Array, num_modules: int, block_rows: int = 512, groups: int = 1
+) -> EdgeLayout:
     """Groups edge rows by module into blocks.
 
     Args:
       module: int32 ``[rows]`` module index of each edge row (values in ``[0, K)``).
       num_modules: K.
       block_rows: maximum rows per block (smaller for small inputs).
+      groups: ``V``; sort each of ``V`` equal contiguous row groups on its own.
 
     Returns:
-      An :class:`EdgeLayout` with ``ceil(rows / b) + K - 1`` blocks of ``b`` rows.
+      An :class:`EdgeLayout` with ``ceil(rows / b) + K - 1`` blocks of ``b`` rows (per group).
     """
+    if groups > 1:
+        if module.shape[0] % groups:
+            raise ValueError(f"groups={groups} must divide the {module.shape[0]} edge rows")
+        per_group = jax.vmap(lambda m: make_layout(m, num_modules, block_rows))(
+            module.reshape(groups, -1)
+        )
+        return per_group.replace(module=module.astype(jnp.int32), groups=groups)
     rows = module.shape[0]
     b = max(8, min(block_rows, -(-rows // (4 * num_modules)) // 8 * 8 + 8))
     num_blocks = -(-rows // b) + num_modules - 1
@@ -120,6 +138,15 @@ def edge_messages(
     Returns:
       ``[rows, message_dim]``.
     """
+    if edge_compute == "blocked" and layout.groups > 1:
+        v = layout.groups
+        padded = jax.vmap(_permute_rows)(
+            x.reshape(v, -1, x.shape[1]), layout.source, layout.position
+        )
+        blocks = padded.reshape(-1, layout.block_rows, x.shape[1])  # [V * blocks, b, 2d]
+        out = bank.apply_edge_blocks(edge_params, layout.block_module.reshape(-1), blocks)
+        out = out.reshape(v, -1, out.shape[-1])
+        return jax.vmap(_permute_rows)(out, layout.position, layout.source).reshape(x.shape[0], -1)
     if edge_compute == "blocked":
         padded = _permute_rows(x, layout.source, layout.position)
         blocks = padded.reshape(-1, layout.block_rows, x.shape[1])
@@ -131,9 +158,17 @@ def edge_messages(
     raise ValueError(f"unknown edge_compute {edge_compute!r}; expected one of {EDGE_COMPUTE_KINDS}")
 
 
-def task_layout(structure: jax.Array, num_modules: int, block_rows: int = 512) -> EdgeLayout:
-    """Layout of ``[G, n(n-1)]`` structures flattened graph-major (row = g * E + e)."""
-    return make_layout(structure.reshape(-1), num_modules, block_rows)
+def task_layout(
+    structure: jax.Array, num_modules: int, block_rows: int = 512, groups: int = 1
+) -> EdgeLayout:
+    """Layout of ``[G, n(n-1)]`` structures flattened graph-major (row = g * E + e).
+
+    ``groups`` (must divide ``G``): sort each of ``groups`` consecutive sets of graphs on
+    its own (see :func:`make_layout`).
+    """
+    if groups < 1 or structure.shape[0] % groups:
+        raise ValueError(f"groups={groups} must be >= 1 and divide the {structure.shape[0]} graphs")
+    return make_layout(structure.reshape(-1), num_modules, block_rows, groups)
 
 
 def message_passing_step(
@@ -169,18 +204,21 @@ def rollout(
     *,
     block_rows: int = 512,
     edge_compute: str = "blocked",
+    groups: int = 1,
 ) -> jax.Array:
     """Rolls the model out from ``initial`` for ``num_steps`` steps, feeding back predictions.
 
     Args:
       initial: ``[G, n, state_dim]``.
       structure: int32 ``[G, n(n-1)]``.
+      groups: edge layouts per ``groups`` consecutive sets of graphs (must divide ``G``;
+        see :func:`make_layout`): the same result, device-local when they are sharded.
 
     Returns:
       ``[G, num_steps, n, state_dim]`` predicted states after 1..num_steps steps.
     """
     _check_structure(initial, structure, bank.num_modules)
-    layout = task_layout(structure, bank.num_modules, block_rows)
+    layout = task_layout(structure, bank.num_modules, block_rows, groups)
 
     def body(s, _):
         s = message_passing_step(bank, params, s, layout, edge_compute)
@@ -208,12 +246,14 @@ def rollout_predictions(
     *,
     block_rows: int = 512,
     edge_compute: str = "blocked",
+    groups: int = 1,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``p``-step rollouts with truth re-fed every ``p`` frames, all chunks in parallel.
 
     Args:
       states: ``[B, T, n, state_dim]`` observed trajectories.
       structure: int32 ``[B, n(n-1)]``.
+      groups: as in :func:`rollout` (must divide ``B``).
 
     Returns:
       ``(preds, targets, mask)``: ``preds`` and ``targets`` ``[B, C, p, n, d]``, ``mask``
@@ -232,6 +272,7 @@ def rollout_predictions(
         p,
         block_rows=block_rows,
         edge_compute=edge_compute,
+        groups=groups,
     ).reshape(b, c, p, n, d)
     frames = starts[:, None] + jnp.arange(1, p + 1)[None, :]  # [C, p]
     mask = (frames < t).astype(states.dtype)
@@ -248,18 +289,27 @@ def rollout_loss(
     *,
     block_rows: int = 512,
     edge_compute: str = "blocked",
+    groups: int = 1,
 ) -> jax.Array:
     """Per-task MSE of ``p``-step rollouts (the energy of a structure).
 
     Args:
       states: ``[B, T, n, state_dim]``.
       structure: int32 ``[B, n(n-1)]``.
+      groups: as in :func:`rollout` (must divide ``B``).
 
     Returns:
       ``[B]`` mean squared error over predicted frames, particles and state dims.
     """
     preds, targets, mask = rollout_predictions(
-        bank, params, states, structure, p, block_rows=block_rows, edge_compute=edge_compute
+        bank,
+        params,
+        states,
+        structure,
+        p,
+        block_rows=block_rows,
+        edge_compute=edge_compute,
+        groups=groups,
     )
     sq = jnp.square(preds - targets).mean(axis=(-1, -2))  # [B, C, p]
     return (sq * mask[None]).sum(axis=(1, 2)) / mask.sum()

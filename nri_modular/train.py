@@ -52,6 +52,7 @@ _STATE_FIELDS = (
     "proposal",
     "test_proposal",
     "proposal_hidden",
+    "task_shards",  # the data order (not a shape): another value would not resume exactly
 )
 
 
@@ -91,6 +92,7 @@ def bouncegrad_config(config: Config) -> bouncegrad.BounceGradConfig:
         num_types=2,
         block_rows=config.block_rows,
         edge_compute=config.edge_compute,
+        task_shards=config.task_shards,
     )
 
 
@@ -107,11 +109,14 @@ def search_config(config: Config) -> evaluate.SearchConfig:
         exact_stride=1,
         block_rows=config.block_rows,
         edge_compute=config.edge_compute,
+        groups=config.task_shards,
     )
 
 
-def load_data(config: Config):
+def load_data(config: Config, train_rows: np.ndarray | None = None):
     """Generates (once, cached in ``config.data_dir``) and loads the dataset.
+
+    ``train_rows``: load only these training tasks' states (one host's shard).
 
     Raises:
       ValueError: a damaged dataset file (the message names the directory or file).
@@ -125,6 +130,7 @@ def load_data(config: Config):
             num_test=config.num_test,
             seed=config.data_seed,
             num_particles=config.num_particles,
+            train_rows=train_rows,
         )
     except (EOFError, OSError, ValueError) as e:
         if isinstance(e, FileNotFoundError) or config.data_dir in str(e):
@@ -157,7 +163,12 @@ def _check_workdir_config(workdir: str, config: Config) -> None:
             ) from e
         if not isinstance(saved, dict):
             raise ValueError(f"{path} does not hold a JSON object; use another --workdir")
-        diff = {k: (saved.get(k), current[k]) for k in _STATE_FIELDS if saved.get(k) != current[k]}
+        defaults = _config_json(Config())  # fields added since the run was started
+        diff = {
+            k: (saved.get(k, defaults[k]), current[k])
+            for k in _STATE_FIELDS
+            if saved.get(k, defaults[k]) != current[k]
+        }
         if diff:
             raise ValueError(
                 f"workdir {workdir!r} holds a run with different "
@@ -389,13 +400,26 @@ def _prepare_workdir(workdir: str, config: Config) -> None:
     distributed.sync("workdir")
 
 
-def _load_data_all_hosts(config: Config):
-    """Process 0 generates the dataset if missing; then every process loads it."""
+def _load_data_all_hosts(config: Config, mesh):
+    """Process 0 generates the dataset if missing; then every process loads its shard.
+
+    A host holds the training states of only the tasks its devices see when
+    ``task_shards`` is a multiple of the data-axis size (:func:`distributed.local_task_rows`),
+    else all of them; labels and the test split are loaded whole.
+    """
+    rows = distributed.local_task_rows(mesh, config.num_train, config.task_shards)
+    if rows is not None:
+        logging.info(
+            "this host loads %d of the %d training tasks (task_shards=%d)",
+            len(rows),
+            config.num_train,
+            config.task_shards,
+        )
     if distributed.is_primary():
-        data = load_data(config)
+        data = load_data(config, rows)
     distributed.sync("dataset")
     if not distributed.is_primary():
-        data = load_data(config)
+        data = load_data(config, rows)
     return data
 
 
@@ -429,12 +453,20 @@ def train(config: Config, workdir: str) -> TrainResult:
         test_batch_size=config.test_batch_size,
     )
     _prepare_workdir(workdir, config)
-    if distributed.data_axis_size(mesh) > 1 and config.edge_compute == "blocked":
+    devices = distributed.data_axis_size(mesh)
+    if devices > 1 and config.task_shards % devices:
         logging.warning(
-            "edge_compute='blocked' sorts the edges of the whole batch by module: over %d "
-            "devices that becomes an all-to-all and ~3/4 of the work stays per device; "
-            "--edge_compute=all shards perfectly (see README, Scaling)",
-            distributed.data_axis_size(mesh),
+            "task_shards=%d is not a multiple of the %d devices of the data axis: %severy "
+            "host loads all training tasks and each step gathers the batch's structures "
+            "across devices; --task_shards=%d keeps all of it device-local (see README, "
+            "Scaling)",
+            config.task_shards,
+            devices,
+            "edge_compute='blocked' sorts the whole batch's edges (an all-to-all, most of the "
+            "work on every device), "
+            if config.edge_compute == "blocked"
+            else "",
+            devices,
         )
     logging.info(
         "mesh %s over %d devices, %d process(es)",
@@ -443,7 +475,7 @@ def train(config: Config, workdir: str) -> TrainResult:
         jax.process_count(),
     )
 
-    data = _load_data_all_hosts(config)
+    data = _load_data_all_hosts(config, mesh)
     train_split, test = data.train, data.test
     n = config.num_particles
     if train_split.states.shape[2] != n:
@@ -458,7 +490,7 @@ def train(config: Config, workdir: str) -> TrainResult:
             f"the proposal network reads {config.obs_frames} frames (obs_frames) but "
             f"training trajectories have {train_split.states.shape[1]}"
         )
-    setup = build(config, mesh, train_split.states[:1])
+    setup = build(config, mesh, datasets.first_rows(train_split.states))
 
     manager = checkpoint_manager(workdir, config)
     metrics_path = os.path.join(workdir, "metrics.jsonl")
@@ -483,7 +515,11 @@ def train(config: Config, workdir: str) -> TrainResult:
             while step < total_steps:
                 epoch, offset = divmod(step, steps_per_epoch)
                 order = datasets.task_batches(
-                    config.num_train, config.batch_size, config.seed, epoch
+                    config.num_train,
+                    config.batch_size,
+                    config.seed,
+                    epoch,
+                    shards=config.task_shards,
                 )
                 for ids in order[offset:]:
                     ids_arr, states_arr, labels_arr = _put_batch(mesh, ids, states_np, labels_np)
@@ -650,6 +686,7 @@ def meta_test(
         edge_compute=config.edge_compute,
         put=put,
         fetch=fetch,
+        groups=config.task_shards,
     )
     return {
         "system": config.system,

@@ -107,3 +107,20 @@ def test_state_shapes(springs):
     chex.assert_shape(state.structures, (48, N * (N - 1)))
     chex.assert_shape(state.energies, (48,))
     assert state.structures.dtype == jnp.int32
+
+
+def test_block_local_task_gather_and_scatter_equal_global_indexing():
+    from nri_modular.data import datasets
+
+    table = jnp.arange(24 * 3).reshape(24, 3)
+    for ids in datasets.task_batches(24, 8, seed=3, epoch=1, shards=4):
+        ids = jnp.asarray(ids)
+        np.testing.assert_array_equal(
+            bouncegrad.gather_tasks(table, ids, 4), bouncegrad.gather_tasks(table, ids)
+        )
+        values = -jnp.arange(8 * 3).reshape(8, 3)
+        np.testing.assert_array_equal(
+            bouncegrad.scatter_tasks(table, ids, values, 4), table.at[ids].set(values)
+        )
+    with pytest.raises(ValueError, match="task_shards=5 must divide the 24 tasks"):
+        bouncegrad.gather_tasks(table, jnp.zeros(5, jnp.int32), 5)

@@ -281,6 +281,39 @@ def test_task_batches():
         datasets.task_batches(0, 3, seed=0, epoch=0)
 
 
+def test_task_batches_in_shards_keep_every_slice_in_its_block():
+    a = datasets.task_batches(24, 8, seed=1, epoch=2, shards=4)  # blocks of 6, slices of 2
+    chex.assert_shape(a, (3, 8))
+    assert a.dtype == np.int32 and sorted(a.ravel()) == list(range(24))
+    for v in range(4):
+        assert ((a[:, 2 * v : 2 * v + 2] // 6) == v).all()
+    np.testing.assert_array_equal(a, datasets.task_batches(24, 8, seed=1, epoch=2, shards=4))
+    assert not np.array_equal(a, datasets.task_batches(24, 8, seed=1, epoch=3, shards=4))
+    # One shard is the historical order (resumed runs and published numbers unchanged).
+    np.testing.assert_array_equal(
+        datasets.task_batches(24, 8, 1, 2, shards=1), datasets.task_batches(24, 8, 1, 2)
+    )
+    with pytest.raises(ValueError, match="shards=5 must be >= 1 and divide num_tasks=24"):
+        datasets.task_batches(24, 8, seed=0, epoch=0, shards=5)
+
+
+def test_loading_one_hosts_shard_of_training_tasks(springs_dir):
+    whole = datasets.load_dataset(springs_dir, "springs")
+    part = datasets.load_dataset(springs_dir, "springs", train_rows=np.array([4, 1, 2]))
+    assert part.normalization == whole.normalization  # statistics of all training tasks
+    states = part.train.states
+    assert isinstance(states, datasets.TaskRows) and states.shape == whole.train.states.shape
+    assert states.data.shape[0] == 3
+    np.testing.assert_array_equal(states[np.array([2, 4])], whole.train.states[[2, 4]])
+    np.testing.assert_array_equal(part.train.labels, whole.train.labels)  # labels whole
+    np.testing.assert_array_equal(part.test.states, whole.test.states)
+    np.testing.assert_array_equal(datasets.first_rows(states), whole.train.states[1:2])
+    with pytest.raises(IndexError, match=r"tasks \[0, 3\] are not held by this host"):
+        states[np.array([0, 1, 3])]
+    with pytest.raises(ValueError, match=r"train_rows must be in \[0, 6\)"):
+        datasets.load_dataset(springs_dir, "springs", train_rows=np.array([6]))
+
+
 def test_eval_batches_and_gather(springs_dir):
     idx, mask = datasets.eval_batches(5, 2)
     np.testing.assert_array_equal(idx, [[0, 1], [2, 3], [4, 4]])

@@ -71,6 +71,12 @@ FLAG_CASES = [
         "--process_id must be in [0, 2)",
     ),
     ("negative_temperature", ["--initial_temperature=-1"], "initial_temperature must be"),
+    ("zero_task_shards", ["--task_shards=0"], "task_shards must be positive, got 0"),
+    (
+        "task_shards_not_dividing_batch",
+        ["--task_shards=4"],
+        "batch_size=10 is not divisible by task_shards=4",
+    ),
 ]
 
 
@@ -185,6 +191,15 @@ def test_other_particle_count_than_checkpoint(run_copy, tiny_data_dir):
     before = _snapshot(run_copy)
     config = flagfile_config(data_dir=tiny_data_dir, num_particles=5)
     with pytest.raises(ValueError, match=r"num_particles \(checkpoint 4, now 5\)"):
+        train.train_and_evaluate(config, run_copy)
+    assert _snapshot(run_copy) == before
+
+
+def test_other_task_shards_than_checkpoint(run_copy, tiny_data_dir):
+    """Another data order would silently not resume exactly: refused."""
+    before = _snapshot(run_copy)
+    config = flagfile_config(data_dir=tiny_data_dir, task_shards=2)
+    with pytest.raises(ValueError, match=r"task_shards \(checkpoint 1, now 2\)"):
         train.train_and_evaluate(config, run_copy)
     assert _snapshot(run_copy) == before
 
@@ -329,15 +344,15 @@ def test_api_negative_epoch():
 
 
 def test_catalogue_size():
-    """The catalogue above holds at least 20 distinct bad inputs (it holds 42)."""
+    """The catalogue above holds at least 20 distinct bad inputs (it holds 45)."""
     cases = (
         len(FLAG_CASES)  # flags
         + 4  # CLI
         + 3  # damaged checkpoint: garbled, truncated, removed files
-        + 5  # particles vs checkpoint, shapes vs checkpoint, config.json, workdir x2
+        + 6  # particles / shapes / task_shards vs checkpoint, config.json, workdir x2
         + 1  # horizon vs test trajectories
         + 4  # data files: NaN, inf, wrong shape, truncated
         + 8  # API
     )
     assert cases >= 20
-    assert cases == 42
+    assert cases == 45

@@ -134,11 +134,12 @@ class Split:
     """One split's tasks.
 
     Attributes:
-      states: float32 ``[sims, frames, n, 4]`` normalised (x, y, vx, vy).
+      states: float32 ``[sims, frames, n, 4]`` normalised (x, y, vx, vy); a
+        :class:`TaskRows` when this host loaded only its shard of the tasks.
       labels: int32 ``[sims, n(n-1)]`` relation type of each directed edge j -> i.
     """
 
-    states: np.ndarray
+    states: np.ndarray | TaskRows
     labels: np.ndarray
 
     @property
@@ -152,6 +153,63 @@ class Split:
     @property
     def num_particles(self) -> int:
         return self.states.shape[2]
+
+
+class TaskRows:
+    """Some rows of a ``[num_tasks, ...]`` array, indexed by global task id.
+
+    What one host of a multi-host run holds of the training states when every host loads
+    only its shard of tasks (:func:`load_dataset` with ``train_rows``). ``shape`` is the
+    global shape; indexing with task ids that this host does not hold is an error naming
+    them (never a silent wrong row).
+
+    Attributes:
+      data: ``[len(rows), ...]`` the held rows, in the order of ``rows``.
+      rows: int ``[R]`` sorted, distinct global task ids of ``data``.
+      num_tasks: the global number of tasks.
+    """
+
+    def __init__(self, data: np.ndarray, rows: np.ndarray, num_tasks: int):
+        rows = np.asarray(rows, np.int64)
+        if rows.ndim != 1 or len(rows) != len(data):
+            raise ValueError(f"rows {rows.shape} must be 1-D and match data {data.shape}")
+        if len(rows) and (np.any(np.diff(rows) <= 0) or rows[0] < 0 or rows[-1] >= num_tasks):
+            raise ValueError(f"rows must be sorted, distinct and in [0, {num_tasks})")
+        self.data, self.rows, self.num_tasks = data, rows, num_tasks
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.num_tasks, *self.data.shape[1:])
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def ndim(self) -> int:
+        return self.data.ndim
+
+    def __len__(self) -> int:
+        return self.num_tasks
+
+    def __getitem__(self, task_ids) -> np.ndarray:
+        ids = np.asarray(task_ids, np.int64)
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"index TaskRows with integer task ids, got {task_ids!r}")
+        pos = np.clip(np.searchsorted(self.rows, ids), 0, max(len(self.rows) - 1, 0))
+        missing = ids[self.rows[pos] != ids] if len(self.rows) else ids
+        if missing.size:
+            raise IndexError(
+                f"tasks {np.unique(missing)[:8].tolist()} are not held by this host (it holds "
+                f"{len(self.rows)} of {self.num_tasks} tasks); the batch order and the "
+                "host's shard disagree"
+            )
+        return self.data[pos]
+
+
+def first_rows(states: np.ndarray | TaskRows, count: int = 1) -> np.ndarray:
+    """The first ``count`` rows this process holds (for shapes, e.g. initialisation)."""
+    return np.asarray((states.data if isinstance(states, TaskRows) else states)[:count])
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -344,25 +402,30 @@ def _split_rng(seed: int, split: str) -> np.random.Generator:
 # Reading.
 
 
-def _load_array(path: str) -> np.ndarray:
+def _load_array(path: str, mmap: bool = False) -> np.ndarray:
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"missing dataset file {path}; generate it with `python -m "
             "nri_modular.data.generate` or use ensure_dataset()"
         )
-    array = np.load(path, allow_pickle=False)
+    array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     if not np.issubdtype(array.dtype, np.number):
         raise ValueError(f"{path}: expected a numeric array, got dtype {array.dtype}")
     return array
 
 
-def _load_raw(data_dir: str, split: str, system: str, num_particles: int):
-    """Reads and checks one split's ``loc``, ``vel``, ``edges`` (see the module docstring)."""
+def _load_raw(data_dir: str, split: str, system: str, num_particles: int, mmap: bool = False):
+    """Reads and checks one split's ``loc``, ``vel``, ``edges`` (see the module docstring).
+
+    With ``mmap`` the (large) ``loc`` and ``vel`` are memory-mapped, not read: the checks
+    stream through them in chunks.
+    """
     paths = {
         k: os.path.join(data_dir, file_name(k, split, system, num_particles))
         for k in ("loc", "vel", "edges")
     }
-    loc, vel, edges = (_load_array(paths[k]) for k in ("loc", "vel", "edges"))
+    loc, vel = (_load_array(paths[k], mmap) for k in ("loc", "vel"))
+    edges = _load_array(paths["edges"])
     if loc.ndim != 4 or loc.shape[2] != 2:
         raise ValueError(f"{paths['loc']}: expected shape [sims, frames, 2, n], got {loc.shape}")
     if vel.shape != loc.shape:
@@ -384,15 +447,26 @@ def _load_raw(data_dir: str, split: str, system: str, num_particles: int):
             f"{paths['loc']} {loc.shape}, got {edges.shape}"
         )
     for kind, array in (("loc", loc), ("vel", vel), ("edges", edges)):
-        bad = ~np.isfinite(array)
-        if bad.any():
-            first = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(
-                f"{paths[kind]}: {int(bad.sum())} non-finite values (NaN/inf), "
-                f"first at index {first}"
-            )
+        _check_finite(array, paths[kind])
     labels = _edges_to_labels(edges, system, paths["edges"])
     return loc, vel, labels
+
+
+def _check_finite(array: np.ndarray, path: str, chunk: int = 4096) -> None:
+    """Raises naming the file, the count and the first index of NaN/inf values."""
+    for start in range(0, array.shape[0], chunk):
+        bad = ~np.isfinite(array[start : start + chunk])
+        if bad.any():
+            first = np.argwhere(bad)[0]
+            first[0] += start
+            total = int(bad.sum()) + sum(
+                int((~np.isfinite(array[s : s + chunk])).sum())
+                for s in range(start + chunk, array.shape[0], chunk)
+            )
+            raise ValueError(
+                f"{path}: {total} non-finite values (NaN/inf), "
+                f"first at index {tuple(int(i) for i in first)}"
+            )
 
 
 def _edges_to_labels(edges: np.ndarray, system: str, path: str) -> np.ndarray:
@@ -425,6 +499,7 @@ def load_dataset(
     num_particles: int = 5,
     splits: Sequence[str] = SPLITS,
     normalization: Normalization | None = None,
+    train_rows: np.ndarray | None = None,
 ) -> Dataset:
     """Loads splits written by :func:`generate_dataset` or released by Kipf et al.
 
@@ -435,6 +510,10 @@ def load_dataset(
       splits: which of train / valid / test to load.
       normalization: statistics to use; by default computed on the train split, which
         must then be among ``splits``.
+      train_rows: int ``[R]`` training tasks to hold (one host's shard): the train split's
+        ``states`` become a :class:`TaskRows` of those rows; the files are memory-mapped,
+        so the statistics and checks stream through them and only ``R`` rows are read
+        into memory. ``labels`` stay whole (``[sims, n(n-1)]`` int32, small). Default: all.
 
     Returns:
       A :class:`Dataset`; each split's ``states`` float32 ``[sims, frames, n, 4]``
@@ -457,10 +536,18 @@ def load_dataset(
     order = sorted(splits, key=lambda s: s != "train")  # train first: it gives the stats
     loaded = {}
     for split in order:
-        loc, vel, labels = _load_raw(data_dir, split, system, num_particles)
+        rows = train_rows if split == "train" else None
+        loc, vel, labels = _load_raw(data_dir, split, system, num_particles, rows is not None)
         if normalization is None:
             normalization = Normalization.from_arrays(loc, vel)
-        loaded[split] = Split(_normalise_split(loc, vel, normalization), labels)
+        if rows is None:
+            loaded[split] = Split(_normalise_split(loc, vel, normalization), labels)
+            continue
+        rows = np.unique(np.asarray(rows, np.int64))
+        if rows.size and (rows[0] < 0 or rows[-1] >= loc.shape[0]):
+            raise ValueError(f"train_rows must be in [0, {loc.shape[0]}), got {rows[[0, -1]]}")
+        states = _normalise_split(loc[rows], vel[rows], normalization)
+        loaded[split] = Split(TaskRows(states, rows, loc.shape[0]), labels)
     return Dataset(
         system=system,
         num_particles=num_particles,
@@ -488,6 +575,7 @@ def ensure_dataset(
     *,
     regenerate: bool = False,
     progress: SplitProgressFn | None = None,
+    train_rows: np.ndarray | None = None,
     **generate_kwargs,
 ) -> Dataset:
     """Loads the dataset in ``data_dir``, generating it first if needed (generate-and-cache).
@@ -505,6 +593,7 @@ def ensure_dataset(
         :func:`generate_dataset`.
       regenerate: always generate.
       progress: passed to :func:`generate_dataset`.
+      train_rows: load only these training tasks' states (see :func:`load_dataset`).
       **generate_kwargs: other :func:`generate_dataset` arguments (steps, dtype, ...).
 
     Returns:
@@ -546,7 +635,7 @@ def ensure_dataset(
             progress=progress,
             **generate_kwargs,
         )
-    return load_dataset(data_dir, system, num_particles)
+    return load_dataset(data_dir, system, num_particles, train_rows=train_rows)
 
 
 # ----------------------------------------------------------------------------------------
@@ -554,18 +643,32 @@ def ensure_dataset(
 
 
 def task_batches(
-    num_tasks: int, batch_size: int, seed: int, epoch: int, drop_remainder: bool = True
+    num_tasks: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    drop_remainder: bool = True,
+    shards: int = 1,
 ) -> np.ndarray:
     """A shuffled epoch of fixed-size batches of task indices.
 
-    Deterministic in ``(seed, epoch)``, so a resumed run replays the same order.
+    Deterministic in ``(seed, epoch, shards)``, so a resumed run replays the same order.
+
+    With ``shards = V > 1`` the tasks are ``V`` contiguous blocks of ``num_tasks / V``
+    (virtual shards), each shuffled on its own, and slice ``v`` of every batch (rows
+    ``[v B/V, (v+1) B/V)``) holds only tasks of block ``v``. A device that holds batch
+    rows ``[d B/D, (d+1) B/D)`` (``D`` devices dividing ``V``) thus only ever sees tasks
+    ``[d N/D, (d+1) N/D)``: the rows of the per-task state it holds, and the only rows
+    its host needs to load. The order depends on ``V``, never on the device count.
 
     Args:
       num_tasks: tasks in the split.
       batch_size: tasks per batch.
-      seed, epoch: the permutation is ``default_rng([seed, epoch]).permutation``.
+      seed, epoch: the permutation is ``default_rng([seed, epoch]).permutation`` (block
+        ``v`` of ``V > 1``: ``default_rng([seed, epoch, V, v])``).
       drop_remainder: drop the last partial batch; otherwise it is filled up with the
         first tasks of the permutation (they appear twice in that epoch).
+      shards: ``V``; must divide ``num_tasks`` and ``batch_size``.
 
     Returns:
       int32 ``[num_batches, batch_size]``.
@@ -578,8 +681,30 @@ def task_batches(
         raise ValueError(f"batch_size={batch_size} > num_tasks={num_tasks}: no full batch")
     if seed < 0 or epoch < 0:
         raise ValueError(f"seed and epoch must be non-negative, got {seed}, {epoch}")
-    perm = np.random.default_rng([seed, epoch]).permutation(num_tasks).astype(np.int32)
-    num_batches, rest = divmod(num_tasks, batch_size)
+    if shards < 1 or num_tasks % shards or batch_size % shards:
+        raise ValueError(
+            f"task shards={shards} must be >= 1 and divide num_tasks={num_tasks} and "
+            f"batch_size={batch_size}"
+        )
+    if shards > 1:
+        size = num_tasks // shards
+        blocks = [
+            _batches_of(
+                np.random.default_rng([seed, epoch, shards, v]).permutation(size) + v * size,
+                batch_size // shards,
+                drop_remainder,
+            )
+            for v in range(shards)
+        ]
+        return np.concatenate(blocks, axis=1)
+    perm = np.random.default_rng([seed, epoch]).permutation(num_tasks)
+    return _batches_of(perm, batch_size, drop_remainder)
+
+
+def _batches_of(perm: np.ndarray, batch_size: int, drop_remainder: bool) -> np.ndarray:
+    """int32 ``[num_batches, batch_size]`` consecutive slices of a permutation."""
+    perm = perm.astype(np.int32)
+    num_batches, rest = divmod(len(perm), batch_size)
     if rest and not drop_remainder:
         num_batches += 1
         perm = np.resize(perm, num_batches * batch_size)  # wraps around
