@@ -22,6 +22,13 @@ Multi-host: :func:`initialize` calls :func:`jax.distributed.initialize` when a
 coordinator is given or a multi-process SLURM / TPU job is detected. Every host computes
 the same global task order and builds only its own shard of each batch
 (:func:`put_batch`, via :func:`jax.make_array_from_callback`).
+
+Locality: with ``task_shards`` (``V`` virtual shards of the training tasks, see
+:func:`nri_modular.data.datasets.task_batches`) a multiple of the data-axis size, device
+``d`` only ever sees the tasks ``[d N/D, (d+1) N/D)`` whose per-task state it holds: a
+host loads only those (:func:`local_task_rows`), and the step's per-task gathers and
+blocked edge layouts are batched over the ``V`` blocks, so they partition without
+communication; the gradient all-reduce is all that crosses devices.
 """
 
 from __future__ import annotations

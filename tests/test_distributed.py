@@ -1,5 +1,5 @@
 """Meshes and shardings; the same run on 1 device, 4 devices and 2 ``jax.distributed``
-processes gives the same structures and parameters.
+processes (interrupted by SIGTERM and resumed) gives the same structures and parameters.
 
 Multi-device runs are subprocesses: ``XLA_FLAGS=--xla_force_host_platform_device_count``
 must be set before JAX starts, and this process already has one CPU device.
@@ -7,8 +7,12 @@ must be set before JAX starts, and this process already has one CPU device.
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -135,6 +139,30 @@ def test_four_devices_equal_one_device(tmp_path, reference_run, tiny_data_dir, s
     _assert_same_run(workdir, reference_run, tiny_data_dir)
 
 
+# Virtual task shards (a multiple of every device count below): each device sees only the
+# tasks whose state it holds, each host loads only those; same run on 1, 2 and 4 devices.
+SHARDED = ("--task_shards=4",)
+
+
+@pytest.fixture(scope="module")
+def sharded_reference_run(tmp_path_factory, tiny_data_dir, subprocess_env):
+    """One-device run of :data:`REFERENCE_FLAGS` with :data:`SHARDED`."""
+    workdir = str(tmp_path_factory.mktemp("sharded_reference") / "run")
+    run_cli(subprocess_env, workdir, tiny_data_dir, *REFERENCE_FLAGS, *SHARDED)
+    return workdir
+
+
+def test_four_devices_with_task_shards_equal_one_device(
+    tmp_path, sharded_reference_run, tiny_data_dir, subprocess_env
+):
+    workdir = str(tmp_path / "run4")
+    env = dict(subprocess_env, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    proc = run_cli(env, workdir, tiny_data_dir, *REFERENCE_FLAGS, *SHARDED)
+    assert "over 4 devices" in proc.stderr and "not a multiple" not in proc.stderr
+    config = reference_config(tiny_data_dir, task_shards=4)
+    _assert_same_run(workdir, sharded_reference_run, tiny_data_dir, config)
+
+
 def test_four_devices_with_replicated_task_state_equal_one_device(tmp_path, subprocess_env):
     """42 training tasks do not split over 4 devices, so every task's structure and energy
     are replicated (:func:`distributed.train_state_shardings`): same run as on 1 device."""
@@ -161,42 +189,146 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_equal_one_device(tmp_path, trained_workdir, tiny_data_dir, subprocess_env):
-    # The CI flagfile's 8 steps (gloo collectives between 2 CPU processes are slow), compared
-    # with the same run on one device in this process.
-    workdir = str(tmp_path / "run2p")
+def _checkpoint_steps(workdir):
+    """Finalised checkpoint steps (Orbax renames a complete save to its step number)."""
+    path = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(path):
+        return []
+    return sorted(int(d) for d in os.listdir(path) if d.isdigit())
+
+
+def _start_two_processes(workdir, data_dir, env, logs):
+    """Both processes of a localhost ``jax.distributed`` job on :data:`REFERENCE_FLAGS`
+    with :data:`SHARDED` (each process loads half of the training tasks)."""
     port = _free_port()
-    logs = [open(tmp_path / f"process{i}.log", "w+", encoding="utf-8") for i in range(2)]
-    procs = [
+    return [
         subprocess.Popen(
             cli(
                 workdir,
-                tiny_data_dir,
+                data_dir,
+                *REFERENCE_FLAGS,
+                *SHARDED,
                 f"--coordinator_address=localhost:{port}",
                 "--num_processes=2",
                 f"--process_id={i}",
             ),
-            env=subprocess_env,
+            env=env,
             cwd=REPO,
             stdout=subprocess.DEVNULL,
-            stderr=logs[i],
+            stderr=log,
         )
-        for i in range(2)
+        for i, log in enumerate(logs)
     ]
+
+
+def _wait_two_processes(procs, logs, timeout=300):
+    """Waits for both processes (killing leftovers); returns their stderr logs."""
     try:
         for p in procs:
-            p.wait(timeout=600)
+            p.wait(timeout=timeout)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
+                p.wait()
     errs = []
     for log in logs:
         log.seek(0)
         errs.append(log.read())
         log.close()
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-2000:] for e in errs)
+    return errs
+
+
+def _logs(tmp_path, name):
+    return [open(tmp_path / f"{name}{i}.log", "w+", encoding="utf-8") for i in range(2)]
+
+
+def test_two_processes_sigterm_then_resume_equal_one_device(
+    tmp_path, sharded_reference_run, tiny_data_dir, subprocess_env
+):
+    """SIGTERM to one process of a 2-process job, each process holding only its 20 of the
+    40 training tasks: both agree on the stop step (at a ``--log_every`` boundary),
+    checkpoint it and exit 0; rerunning the same command resumes and ends in the 1-device
+    :func:`sharded_reference_run`'s state."""
+    workdir = str(tmp_path / "run2p")
+    config = reference_config(tiny_data_dir, task_shards=4)
+    total = config.num_train // config.batch_size * config.num_epochs  # 60
+
+    # 1. SIGTERM to process 1 only (process 0 must learn of it through the collective)
+    # once the first checkpoint exists (both processes are then in the training loop).
+    logs = _logs(tmp_path, "interrupted")
+    procs = _start_two_processes(workdir, tiny_data_dir, subprocess_env, logs)
+    sent = False
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and all(p.poll() is None for p in procs):
+            if _checkpoint_steps(workdir):
+                procs[1].send_signal(signal.SIGTERM)
+                sent = True
+                break
+            time.sleep(0.01)
+    finally:
+        if not sent:
+            for p in procs:
+                p.kill()
+        errs = _wait_two_processes(procs, logs)
+    tails = "\n".join(f"--- process {i}:\n{e[-3000:]}" for i, e in enumerate(errs))
+    assert sent, f"no checkpoint while both processes ran (one ended or timed out):\n{tails}"
+    assert [p.returncode for p in procs] == [0, 0], tails
     assert "over 2 devices, 2 process(es)" in errs[0]
-    _assert_same_run(
-        workdir, trained_workdir, tiny_data_dir, flagfile_config(data_dir=tiny_data_dir)
+    for e in errs:
+        assert "this host loads 20 of the 40 training tasks (task_shards=4)" in e, tails
+    stops = [re.findall(r"preempted: checkpoint at step (\d+) written", e) for e in errs]
+    assert all(len(s) == 1 for s in stops), f"not preempted (finished first?):\n{tails}"
+    stopped_at = int(stops[0][0])
+    assert int(stops[1][0]) == stopped_at, tails  # both processes stop at the same step
+    assert stopped_at % config.log_every == 0 and 0 < stopped_at < total, tails
+    assert _checkpoint_steps(workdir)[-1] == stopped_at
+    assert not os.path.exists(os.path.join(workdir, "results.json"))
+
+    # 2. The same command again: resumes at the stop step and runs to the end.
+    logs = _logs(tmp_path, "resumed")
+    errs = _wait_two_processes(
+        _start_two_processes(workdir, tiny_data_dir, subprocess_env, logs), logs
     )
+    tails = "\n".join(f"--- process {i}:\n{e[-3000:]}" for i, e in enumerate(errs))
+    assert all("preempted" not in e for e in errs), tails
+    assert f"resumed from checkpoint at step {stopped_at}" in errs[0], tails
+    assert _checkpoint_steps(workdir)[-1] == total
+    with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+        logged = [json.loads(line)["step"] for line in f]
+    assert logged == list(range(config.log_every, total + 1, config.log_every))
+    _assert_same_run(workdir, sharded_reference_run, tiny_data_dir, config)
+
+
+def test_task_shards_leave_only_the_gradient_all_reduce(subprocess_env):
+    """benchmarks/step_cost.py on 4 devices: with task_shards=1 the blocked step needs
+    all-gathers and all-to-alls (global per-task gathers and edge sort); with 4 the only
+    collective is the all-reduce of gradients and metrics."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "benchmarks", "step_cost.py"),
+            "--devices=4",
+            "--num_train=40",
+            "--width=16",
+            "--batch_size=8",
+            "--task_shards=1,4",
+            "--edge_compute=blocked",
+        ],
+        env=subprocess_env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {
+        int(cells[1]): cells[-1]
+        for line in proc.stdout.splitlines()
+        if line.startswith("| blocked |")
+        for cells in [[c.strip() for c in line.strip("|").split("|")]]
+    }
+    assert set(rows) == {1, 4}, proc.stdout
+    assert "all-to-all" in rows[1] and "all-gather" in rows[1]
+    assert rows[4].startswith("all-reduce") and "," not in rows[4], rows[4]
