@@ -14,7 +14,9 @@ boundary and exits with code 0.
 
 Devices: the step, the meta-test search and the rollouts run on the mesh of
 :mod:`nri_modular.distributed` (1 CPU, several GPUs, a TPU slice, several hosts): only
-flags change. A damaged latest checkpoint is an error naming it (see
+flags change; with ``--task_shards`` a multiple of the device count every host loads only
+its own training tasks and the step needs no communication but the gradient all-reduce.
+A damaged latest checkpoint is an error naming it (see
 :func:`restore_checkpoint`); no checkpoint is ever deleted except by Orbax's
 keep-the-last-N rotation.
 """

@@ -104,18 +104,16 @@ def cli(workdir: str, data_dir: str, *extra: str) -> list[str]:
     ]
 
 
-def run_cli(env: dict, workdir: str, data_dir: str, *extra: str) -> subprocess.CompletedProcess:
-    """Runs :func:`cli` to completion; fails the test (with its stderr) if it fails."""
-    proc = subprocess.run(
-        cli(workdir, data_dir, *extra),
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+def run_checked(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    """Runs a command in the repo to completion; fails the test (with its stderr) if it fails."""
+    proc = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
+
+
+def run_cli(env: dict, workdir: str, data_dir: str, *extra: str) -> subprocess.CompletedProcess:
+    """Runs :func:`cli` to completion; fails the test (with its stderr) if it fails."""
+    return run_checked(cli(workdir, data_dir, *extra), env)
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ from conftest import (
     final_state,
     flagfile_config,
     reference_config,
+    run_checked,
     run_cli,
 )
 
@@ -305,7 +306,7 @@ def test_task_shards_leave_only_the_gradient_all_reduce(subprocess_env):
     """benchmarks/step_cost.py on 4 devices: with task_shards=1 the blocked step needs
     all-gathers and all-to-alls (global per-task gathers and edge sort); with 4 the only
     collective is the all-reduce of gradients and metrics."""
-    proc = subprocess.run(
+    proc = run_checked(
         [
             sys.executable,
             os.path.join(REPO, "benchmarks", "step_cost.py"),
@@ -316,13 +317,8 @@ def test_task_shards_leave_only_the_gradient_all_reduce(subprocess_env):
             "--task_shards=1,4",
             "--edge_compute=blocked",
         ],
-        env=subprocess_env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        subprocess_env,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {
         int(cells[1]): cells[-1]
         for line in proc.stdout.splitlines()
