@@ -332,7 +332,9 @@ def build(config: Config, mesh, sample_states: np.ndarray) -> Setup:
             config.num_modules, n, config.proposal_hidden
         )
         proposal_optimizer = optax.adam(config.proposal_learning_rate)
-    sample = np.asarray(sample_states[:1, : config.obs_frames])
+    # Shapes only: Flax initialisers do not read input values, and zeros make that hold on
+    # every host even if they hold different tasks (multi-host, task_shards).
+    sample = np.zeros_like(np.asarray(sample_states[:1, : config.obs_frames]))
 
     def init_state():
         proposal_params = None
