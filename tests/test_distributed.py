@@ -164,6 +164,20 @@ def test_four_devices_with_task_shards_equal_one_device(
     _assert_same_run(workdir, sharded_reference_run, tiny_data_dir, config)
 
 
+def test_preempted_on_one_device_resumed_on_four(
+    tmp_path, sharded_reference_run, tiny_data_dir, subprocess_env
+):
+    """A job requeued on another device count resumes exactly: 30 of the 60 steps on one
+    device, the rest on four (same task_shards), ends in the uninterrupted run's state."""
+    workdir = str(tmp_path / "run1to4")
+    run_cli(subprocess_env, workdir, tiny_data_dir, *REFERENCE_FLAGS, *SHARDED, "--num_epochs=15")
+    env = dict(subprocess_env, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    proc = run_cli(env, workdir, tiny_data_dir, *REFERENCE_FLAGS, *SHARDED)
+    assert "resumed from checkpoint at step 30" in proc.stderr and "over 4 devices" in proc.stderr
+    config = reference_config(tiny_data_dir, task_shards=4)
+    _assert_same_run(workdir, sharded_reference_run, tiny_data_dir, config)
+
+
 def test_four_devices_with_replicated_task_state_equal_one_device(tmp_path, subprocess_env):
     """42 training tasks do not split over 4 devices, so every task's structure and energy
     are replicated (:func:`distributed.train_state_shardings`): same run as on 1 device."""
