@@ -27,8 +27,10 @@ def _ensure_devices(argv: list[str]) -> None:
     for a in argv:
         if a.startswith("--devices="):
             wanted = max(int(v) for v in a.split("=", 1)[1].split(","))
-    if _DEVICES_FLAG not in os.environ.get("XLA_FLAGS", ""):
-        env = dict(os.environ, XLA_FLAGS=f"{_DEVICES_FLAG}={wanted}", JAX_PLATFORMS="cpu")
+    xla_flags = os.environ.get("XLA_FLAGS", "")
+    if _DEVICES_FLAG not in xla_flags:
+        xla_flags = f"{xla_flags} {_DEVICES_FLAG}={wanted}".strip()
+        env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu")
         os.execve(sys.executable, [sys.executable, *argv], env)
 
 
@@ -47,6 +49,7 @@ flags.DEFINE_integer("num_train", 50000, "Training tasks (per-task state size)."
 flags.DEFINE_integer("batch_size", 128, "Tasks per step.")
 flags.DEFINE_integer("width", 256, "Hidden width of the edge and node modules (3 layers).")
 flags.DEFINE_integer("sa_steps", 1, "Annealing proposals per step.")
+flags.DEFINE_list("proposal", ["uniform"], "Training proposals to compare (see --proposal).")
 flags.DEFINE_list("edge_compute", ["all", "blocked"], "Edge dispatch settings to compare.")
 flags.DEFINE_list("task_shards", ["1", "8"], "task_shards settings to compare.")
 FLAGS = flags.FLAGS
@@ -54,6 +57,11 @@ FLAGS = flags.FLAGS
 
 def step_stats(config: Config, num_devices: int) -> dict:
     """``distributed.compiled_stats`` of the sharded step on ``num_devices`` devices."""
+    if num_devices > jax.device_count():
+        raise ValueError(
+            f"--devices asks for {num_devices} devices but only {jax.device_count()} exist "
+            f"(XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})"
+        )
     mesh = distributed.make_mesh(devices=jax.devices()[:num_devices])
     sample = np.zeros((1, config.obs_frames, config.num_particles, 4), np.float32)
     setup = train.build(config, mesh, sample)
@@ -80,37 +88,43 @@ def main(argv):
         f"BounceGrad step, {FLAGS.num_train} tasks, batch {FLAGS.batch_size}, modules "
         f"{width}, {FLAGS.sa_steps} SA step(s); per device, from the compiled HLO"
     )
-    print("| edge_compute | task_shards | devices | args | temp | GFLOP | communication |")
-    print("|---|---|---|---|---|---|---|")
-    for edge_compute in FLAGS.edge_compute:
-        for shards in map(int, FLAGS.task_shards):
-            for d in map(int, FLAGS.devices):
-                if shards % d and shards > 1:
-                    continue  # task_shards > 1 is meant to be a multiple of the devices
-                config = Config(
-                    num_train=FLAGS.num_train,
-                    batch_size=FLAGS.batch_size,
-                    test_batch_size=FLAGS.batch_size,
-                    edge_hidden=width,
-                    node_hidden=width,
-                    sa_steps=FLAGS.sa_steps,
-                    edge_compute=edge_compute,
-                    task_shards=shards,
-                )
-                s = step_stats(config, d)
-                rows.append((edge_compute, shards, d, s))
-                print(
-                    f"| {edge_compute} | {shards} | {d} | {_mb(s['argument_bytes'])} | "
-                    f"{_mb(s['temp_bytes'])} | {s['flops'] / 1e9:.1f} | "
-                    f"{_comm(s['collectives'])} |",
-                    flush=True,
-                )
+    print(
+        "| proposal | edge_compute | task_shards | devices | args | temp | GFLOP | communication |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    settings = [
+        (proposal, edge_compute, shards, d)
+        for proposal in FLAGS.proposal
+        for edge_compute in FLAGS.edge_compute
+        for shards in map(int, FLAGS.task_shards)
+        for d in map(int, FLAGS.devices)
+        if shards == 1 or shards % d == 0  # task_shards > 1 is meant to be a multiple
+    ]
+    for proposal, edge_compute, shards, d in settings:
+        config = Config(
+            num_train=FLAGS.num_train,
+            batch_size=FLAGS.batch_size,
+            test_batch_size=FLAGS.batch_size,
+            edge_hidden=width,
+            node_hidden=width,
+            sa_steps=FLAGS.sa_steps,
+            proposal=proposal,
+            edge_compute=edge_compute,
+            task_shards=shards,
+        )
+        s = step_stats(config, d)
+        rows.append((proposal, edge_compute, shards, d, s))
+        print(
+            f"| {proposal} | {edge_compute} | {shards} | {d} | {_mb(s['argument_bytes'])} | "
+            f"{_mb(s['temp_bytes'])} | {s['flops'] / 1e9:.1f} | {_comm(s['collectives'])} |",
+            flush=True,
+        )
     steps = FLAGS.num_train // FLAGS.batch_size
     print(f"\nOne epoch = {steps} steps. Per device and epoch:")
-    for edge_compute, shards, d, s in rows:
+    for proposal, edge_compute, shards, d, s in rows:
         comm = sum(c["bytes"] for c in s["collectives"].values())
         print(
-            f"  {edge_compute:7s} task_shards={shards} devices={d}: "
+            f"  {proposal} {edge_compute} task_shards={shards} devices={d}: "
             f"{s['flops'] * steps / 1e12:.2f} TFLOP, {comm * steps / 1e9:.3f} GB exchanged"
         )
 

@@ -52,7 +52,7 @@ class BounceGradConfig:
         :func:`nri_modular.data.datasets.task_batches`): slice ``v`` of every batch holds
         only tasks of block ``v`` of ``TrainState.structures``, so the step reads and
         writes each task's structure and energy within its block (:func:`gather_tasks`),
-        which stays on the device holding that block when the device count divides ``V``;
+        which stays on the device holding that block when the data-axis size divides ``V``;
         the blocked edge layouts are per slice too (``gnn.rollout``'s ``groups``).
     """
 
@@ -77,8 +77,10 @@ def gather_tasks(table: jax.Array, task_ids: jax.Array, shards: int = 1) -> jax.
       table: ``[N, ...]`` per-task values (structures or energies).
       task_ids: int32 ``[B]``; with ``shards = V > 1``, slice ``v`` of ``B / V`` ids must lie
         in block ``v`` of ``N / V`` rows (as :func:`~nri_modular.data.datasets.task_batches`
-        makes them). Written as a gather batched over the ``V`` blocks, so a task-sharded
-        ``table`` needs no communication when the device count divides ``V``.
+        makes them; :func:`~nri_modular.data.datasets.check_block_local` checks a batch on
+        the host). Inside jit an id outside its block is clamped, i.e. reads a wrong row.
+        Written as a gather batched over the ``V`` blocks, so a task-sharded ``table``
+        needs no communication when the data-axis size divides ``V``.
 
     Returns:
       ``[B, ...]``.
@@ -241,7 +243,12 @@ def make_bouncegrad_step(
             logits = proposal_apply(state.proposal_params, batch.states)
         elif config.proposal in structure_lib.EXACT_KINDS:
             logits = gnn.incoming_config_losses(
-                bank, state.params, batch.states, configs, config.exact_stride
+                bank,
+                state.params,
+                batch.states,
+                configs,
+                config.exact_stride,
+                groups=config.task_shards,
             )
 
         # 1. Simulated annealing on the structures, weights fixed.

@@ -64,7 +64,7 @@ class Config:
     keep_checkpoints: int = 3
     # Scaling (see nri_modular/distributed.py): mesh and multi-host start-up.
     model_axis_size: int = 1
-    task_shards: int = 1  # V: virtual shards of the training tasks (a multiple of devices)
+    task_shards: int = 1  # V: virtual shards of the tasks (a multiple of the data-axis size)
     coordinator_address: str = ""
     num_processes: int = 0  # 0: single process, or detected (SLURM / TPU)
     process_id: int = -1  # -1: detected
@@ -123,8 +123,8 @@ class Config:
             value = getattr(self, name)
             _check(
                 value % self.task_shards == 0,
-                f"{name}={value} is not divisible by task_shards={self.task_shards} (each of the "
-                "task_shards blocks of tasks fills an equal slice of every batch)",
+                f"{name}={value} is not divisible by task_shards={self.task_shards} (every "
+                "batch, of training or of test tasks, is split into task_shards equal slices)",
             )
         for name in ("learning_rate", "proposal_learning_rate"):
             value = getattr(self, name)

@@ -84,7 +84,9 @@ def _search_batch(bank, params, states, key, config, num_nodes, proposal_params,
     logits = None
     if config.proposal in structure_lib.EXACT_KINDS:
         configs = jnp.asarray(structure_lib.incoming_configs(num_nodes, bank.num_modules))
-        logits = gnn.incoming_config_losses(bank, params, states, configs, config.exact_stride)
+        logits = gnn.incoming_config_losses(
+            bank, params, states, configs, config.exact_stride, groups=config.groups
+        )
         init = structure_lib.exact_best_structure(logits, num_nodes, bank.num_modules)
     elif proposal_apply is not None:
         logits = proposal_apply(proposal_params, states)

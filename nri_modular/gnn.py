@@ -47,7 +47,7 @@ class EdgeLayout:
       module: int32 ``[rows]``, the module of each row (for ``edge_compute="all"``).
       block_rows: static rows per block.
       groups: static ``V``; for ``V > 1`` ``position``, ``source`` and ``block_module`` have a
-        leading ``[V]`` axis and index within their group's ``rows / V`` rows.
+        leading ``[V]`` axis and refer to the group's own ``rows / V`` rows and block slots.
     """
 
     position: jax.Array
@@ -72,9 +72,8 @@ def make_layout(
     Returns:
       An :class:`EdgeLayout` with ``ceil(rows / b) + K - 1`` blocks of ``b`` rows (per group).
     """
+    _check_groups(groups, module.shape[0], "edge rows")
     if groups > 1:
-        if module.shape[0] % groups:
-            raise ValueError(f"groups={groups} must divide the {module.shape[0]} edge rows")
         per_group = jax.vmap(lambda m: make_layout(m, num_modules, block_rows))(
             module.reshape(groups, -1)
         )
@@ -166,8 +165,7 @@ def task_layout(
     ``groups`` (must divide ``G``): sort each of ``groups`` consecutive sets of graphs on
     its own (see :func:`make_layout`).
     """
-    if groups < 1 or structure.shape[0] % groups:
-        raise ValueError(f"groups={groups} must be >= 1 and divide the {structure.shape[0]} graphs")
+    _check_groups(groups, structure.shape[0], "graphs")
     return make_layout(structure.reshape(-1), num_modules, block_rows, groups)
 
 
@@ -261,6 +259,7 @@ def rollout_predictions(
     """
     b, t, n, d = states.shape
     _check_structure(states[:, 0], structure, bank.num_modules)
+    _check_groups(groups, b, "tasks")
     starts = jnp.asarray(chunk_starts(t, p))
     c = starts.shape[0]
     initial = states[:, starts].reshape(b * c, n, d)
@@ -364,6 +363,7 @@ def incoming_config_losses(
     configs: jax.Array,
     stride: int = 1,
     chunk_rows: int = 512,
+    groups: int = 1,
 ) -> jax.Array:
     """One-step (teacher-forced) loss of node ``i`` for every setting of its incoming edges.
 
@@ -384,6 +384,9 @@ def incoming_config_losses(
       configs: int32 ``[C, n-1]``, settings of a node's incoming edges (``C = K^(n-1)``).
       stride: score every ``stride``-th transition only (cheaper, noisier).
       chunk_rows: rows per chunk of the per-setting node pass (``0``: no chunking).
+      groups: compute each of ``groups`` consecutive sets of tasks on its own (batched
+        over a leading group axis; must divide ``B``): the same scores, and device-local
+        when the groups are split over devices (see :func:`make_layout`).
 
     Returns:
       ``[B, n, C]`` mean squared one-step error of node ``i`` under setting ``c``.
@@ -393,6 +396,12 @@ def incoming_config_losses(
     if chunk_rows < 0:
         raise ValueError(f"chunk_rows must be >= 0, got {chunk_rows}")
     b, _, n, d = states.shape
+    _check_groups(groups, b, "tasks")
+    if groups > 1:
+        per_group = jax.vmap(
+            lambda s: incoming_config_losses(bank, params, s, configs, stride, chunk_rows)
+        )(states.reshape(groups, b // groups, *states.shape[1:]))
+        return per_group.reshape(b, *per_group.shape[2:])
     receivers, senders = graph_lib.edge_index(n)
     current = states[:, :-1:stride]  # [B, T', n, d]
     following = states[:, 1::stride]
@@ -427,6 +436,11 @@ def incoming_config_losses(
     err = jax.lax.map(errors, tuple(split(a) for a in (proj, base, node_states, target)))
     err = jnp.moveaxis(err, 1, 0).reshape(-1, num_chunks * chunk)[:, :rows]  # [C, rows]
     return err.reshape(-1, b, t, n).mean(axis=2).transpose(1, 2, 0)  # [B, n, C]
+
+
+def _check_groups(groups: int, size: int, what: str) -> None:
+    if groups < 1 or size % groups:
+        raise ValueError(f"groups={groups} must be >= 1 and divide the {size} {what}")
 
 
 def _check_structure(states: jax.Array, structure: jax.Array, num_modules: int) -> None:

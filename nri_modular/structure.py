@@ -109,7 +109,10 @@ def propose_exact_local(
     b = structure.shape[0]
     configs = jnp.asarray(incoming_configs(num_nodes, num_modules))
     node = jax.random.randint(key, (b,), 0, num_nodes)
-    best = jnp.argmin(scores[jnp.arange(b), node], axis=-1)  # [B]
+    # take_along_axis, not scores[arange(B), node]: a gather batched over tasks, which the
+    # SPMD partitioner keeps on the device holding each task.
+    node_scores = jnp.take_along_axis(scores, node[:, None, None], axis=1)[:, 0]  # [B, C]
+    best = jnp.argmin(node_scores, axis=-1)  # [B]
     setting = configs[best]  # [B, n-1]
     tiled = jnp.tile(setting, (1, num_nodes)).astype(structure.dtype)  # [B, E] receiver-major
     return jnp.where(incoming_edge_mask(node, num_nodes), tiled, structure)

@@ -14,7 +14,7 @@ boundary and exits with code 0.
 
 Devices: the step, the meta-test search and the rollouts run on the mesh of
 :mod:`nri_modular.distributed` (1 CPU, several GPUs, a TPU slice, several hosts): only
-flags change; with ``--task_shards`` a multiple of the device count every host loads only
+flags change; with ``--task_shards`` a multiple of the data-axis size every host loads only
 its own training tasks and the step needs no communication but the gradient all-reduce.
 A damaged latest checkpoint is an error naming it (see
 :func:`restore_checkpoint`); no checkpoint is ever deleted except by Orbax's
@@ -409,7 +409,7 @@ def _load_data_all_hosts(config: Config, mesh):
 
     A host holds the training states of only the tasks its devices see when
     ``task_shards`` is a multiple of the data-axis size (:func:`distributed.local_task_rows`),
-    else all of them; labels and the test split are loaded whole.
+    else all of them; labels and the valid and test splits are loaded whole.
     """
     rows = distributed.local_task_rows(mesh, config.num_train, config.task_shards)
     if rows is not None:
@@ -460,7 +460,7 @@ def train(config: Config, workdir: str) -> TrainResult:
     devices = distributed.data_axis_size(mesh)
     if devices > 1 and config.task_shards % devices:
         logging.warning(
-            "task_shards=%d is not a multiple of the %d devices of the data axis: %severy "
+            "task_shards=%d is not a multiple of the data-axis size %d: %severy "
             "host loads all training tasks and each step gathers the batch's structures "
             "across devices; --task_shards=%d keeps all of it device-local (see README, "
             "Scaling)",
@@ -526,6 +526,7 @@ def train(config: Config, workdir: str) -> TrainResult:
                     shards=config.task_shards,
                 )
                 for ids in order[offset:]:
+                    datasets.check_block_local(ids, config.num_train, config.task_shards)
                     ids_arr, states_arr, labels_arr = _put_batch(mesh, ids, states_np, labels_np)
                     batch = bouncegrad.Batch(task_ids=ids_arr, states=states_arr, labels=labels_arr)
                     state, metrics = setup.step_fn(state, batch)

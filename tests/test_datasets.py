@@ -289,10 +289,29 @@ def test_task_batches_in_shards_keep_every_slice_in_its_block():
         assert ((a[:, 2 * v : 2 * v + 2] // 6) == v).all()
     np.testing.assert_array_equal(a, datasets.task_batches(24, 8, seed=1, epoch=2, shards=4))
     assert not np.array_equal(a, datasets.task_batches(24, 8, seed=1, epoch=3, shards=4))
-    # One shard is the historical order (resumed runs and published numbers unchanged).
+    # One shard is the historical order (resumed runs and published numbers unchanged):
+    # literally what the code before task_shards returned.
     np.testing.assert_array_equal(
-        datasets.task_batches(24, 8, 1, 2, shards=1), datasets.task_batches(24, 8, 1, 2)
+        datasets.task_batches(24, 8, 1, 2, shards=1),
+        [
+            [5, 17, 3, 20, 15, 9, 14, 10],
+            [18, 21, 23, 8, 0, 13, 4, 16],
+            [22, 6, 19, 7, 1, 12, 11, 2],
+        ],
     )
+    np.testing.assert_array_equal(
+        datasets.task_batches(10, 3, 1, 0, drop_remainder=False),
+        [[8, 4, 7], [0, 1, 2], [5, 9, 6], [3, 8, 4]],
+    )
+    # Partial batches are filled up within each block.
+    c = datasets.task_batches(20, 8, seed=0, epoch=0, drop_remainder=False, shards=4)
+    chex.assert_shape(c, (3, 8))
+    assert sorted(set(c.ravel())) == list(range(20))
+    for v in range(4):
+        assert ((c[:, 2 * v : 2 * v + 2] // 5) == v).all()
+    datasets.check_block_local(c[0], 20, 4)
+    with pytest.raises(ValueError, match=r"batch slice 0 of task_shards=4 holds tasks outside"):
+        datasets.check_block_local(c[0][::-1], 20, 4)
     with pytest.raises(ValueError, match="shards=5 must be >= 1 and divide num_tasks=24"):
         datasets.task_batches(24, 8, seed=0, epoch=0, shards=5)
 
@@ -310,6 +329,13 @@ def test_loading_one_hosts_shard_of_training_tasks(springs_dir):
     np.testing.assert_array_equal(datasets.first_rows(states), whole.train.states[1:2])
     with pytest.raises(IndexError, match=r"tasks \[0, 3\] are not held by this host"):
         states[np.array([0, 1, 3])]
+    for bad in (np.array([1.7]), np.array([True, False]), slice(0, 2)):
+        with pytest.raises(TypeError, match="index TaskRows with integer task ids"):
+            states[bad]
+    with pytest.raises(TypeError, match="holds 3 of 6 tasks: index it with task ids"):
+        np.asarray(states)
+    with pytest.raises(TypeError, match="train_rows must be integer task ids"):
+        datasets.load_dataset(springs_dir, "springs", train_rows=np.array([1.5]))
     with pytest.raises(ValueError, match=r"train_rows must be in \[0, 6\)"):
         datasets.load_dataset(springs_dir, "springs", train_rows=np.array([6]))
 

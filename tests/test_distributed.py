@@ -164,11 +164,12 @@ def test_four_devices_with_task_shards_equal_one_device(
     _assert_same_run(workdir, sharded_reference_run, tiny_data_dir, config)
 
 
-def test_preempted_on_one_device_resumed_on_four(
+def test_checkpoint_of_one_device_resumed_on_four(
     tmp_path, sharded_reference_run, tiny_data_dir, subprocess_env
 ):
-    """A job requeued on another device count resumes exactly: 30 of the 60 steps on one
-    device, the rest on four (same task_shards), ends in the uninterrupted run's state."""
+    """A run continued on another device count resumes exactly (what a job requeued on
+    other hardware does): the first 30 of 60 steps on one device (a finished 15-epoch run),
+    the rest from its checkpoint on four (same task_shards), ends in the 60-step run's state."""
     workdir = str(tmp_path / "run1to4")
     run_cli(subprocess_env, workdir, tiny_data_dir, *REFERENCE_FLAGS, *SHARDED, "--num_epochs=15")
     env = dict(subprocess_env, XLA_FLAGS="--xla_force_host_platform_device_count=4")
@@ -212,17 +213,15 @@ def _checkpoint_steps(workdir):
     return sorted(int(d) for d in os.listdir(path) if d.isdigit())
 
 
-def _start_two_processes(workdir, data_dir, env, logs):
-    """Both processes of a localhost ``jax.distributed`` job on :data:`REFERENCE_FLAGS`
-    with :data:`SHARDED` (each process loads half of the training tasks)."""
+def _start_two_processes(workdir, data_dir, env, logs, *flags):
+    """Both processes of a localhost ``jax.distributed`` job on the CI flagfile + ``flags``."""
     port = _free_port()
     return [
         subprocess.Popen(
             cli(
                 workdir,
                 data_dir,
-                *REFERENCE_FLAGS,
-                *SHARDED,
+                *flags,
                 f"--coordinator_address=localhost:{port}",
                 "--num_processes=2",
                 f"--process_id={i}",
@@ -258,6 +257,21 @@ def _logs(tmp_path, name):
     return [open(tmp_path / f"{name}{i}.log", "w+", encoding="utf-8") for i in range(2)]
 
 
+def test_two_processes_equal_one_device(tmp_path, trained_workdir, tiny_data_dir, subprocess_env):
+    """task_shards=1: every process loads all tasks and the per-task state is gathered
+    across processes (the CI flagfile's 8 steps; gloo collectives on 2 CPUs are slow)."""
+    workdir = str(tmp_path / "run2p")
+    logs = _logs(tmp_path, "process")
+    procs = _start_two_processes(workdir, tiny_data_dir, subprocess_env, logs)
+    errs = _wait_two_processes(procs, logs)
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(e[-2000:] for e in errs)
+    assert "over 2 devices, 2 process(es)" in errs[0], errs[0][-3000:]
+    assert "this host loads" not in errs[0] and "not a multiple" in errs[0]
+    _assert_same_run(
+        workdir, trained_workdir, tiny_data_dir, flagfile_config(data_dir=tiny_data_dir)
+    )
+
+
 def test_two_processes_sigterm_then_resume_equal_one_device(
     tmp_path, sharded_reference_run, tiny_data_dir, subprocess_env
 ):
@@ -272,7 +286,9 @@ def test_two_processes_sigterm_then_resume_equal_one_device(
     # 1. SIGTERM to process 1 only (process 0 must learn of it through the collective)
     # once the first checkpoint exists (both processes are then in the training loop).
     logs = _logs(tmp_path, "interrupted")
-    procs = _start_two_processes(workdir, tiny_data_dir, subprocess_env, logs)
+    procs = _start_two_processes(
+        workdir, tiny_data_dir, subprocess_env, logs, *REFERENCE_FLAGS, *SHARDED
+    )
     sent = False
     try:
         deadline = time.time() + 300
@@ -304,7 +320,10 @@ def test_two_processes_sigterm_then_resume_equal_one_device(
     # 2. The same command again: resumes at the stop step and runs to the end.
     logs = _logs(tmp_path, "resumed")
     errs = _wait_two_processes(
-        _start_two_processes(workdir, tiny_data_dir, subprocess_env, logs), logs
+        _start_two_processes(
+            workdir, tiny_data_dir, subprocess_env, logs, *REFERENCE_FLAGS, *SHARDED
+        ),
+        logs,
     )
     tails = "\n".join(f"--- process {i}:\n{e[-3000:]}" for i, e in enumerate(errs))
     assert all("preempted" not in e for e in errs), tails
@@ -319,7 +338,8 @@ def test_two_processes_sigterm_then_resume_equal_one_device(
 def test_task_shards_leave_only_the_gradient_all_reduce(subprocess_env):
     """benchmarks/step_cost.py on 4 devices: with task_shards=1 the blocked step needs
     all-gathers and all-to-alls (global per-task gathers and edge sort); with 4 the only
-    collective is the all-reduce of gradients and metrics."""
+    collective left is the all-reduce of gradients and metrics, for every proposal."""
+    proposals = ("uniform", "exact_local", "exact_sweep", "blocked_gibbs")
     proc = run_checked(
         [
             sys.executable,
@@ -330,15 +350,17 @@ def test_task_shards_leave_only_the_gradient_all_reduce(subprocess_env):
             "--batch_size=8",
             "--task_shards=1,4",
             "--edge_compute=blocked",
+            f"--proposal={','.join(proposals)}",
         ],
         subprocess_env,
     )
     rows = {
-        int(cells[1]): cells[-1]
+        (cells[0], int(cells[2])): cells[-1]
         for line in proc.stdout.splitlines()
-        if line.startswith("| blocked |")
+        if line.startswith("| ") and "| blocked |" in line
         for cells in [[c.strip() for c in line.strip("|").split("|")]]
     }
-    assert set(rows) == {1, 4}, proc.stdout
-    assert "all-to-all" in rows[1] and "all-gather" in rows[1]
-    assert rows[4].startswith("all-reduce") and "," not in rows[4], rows[4]
+    assert set(rows) == {(p, v) for p in proposals for v in (1, 4)}, proc.stdout
+    for p in proposals:
+        assert "all-to-all" in rows[p, 1] and "all-gather" in rows[p, 1], rows[p, 1]
+        assert rows[p, 4].startswith("all-reduce") and "," not in rows[p, 4], (p, rows[p, 4])

@@ -204,5 +204,18 @@ def test_grouped_layouts_give_the_same_rollout_and_gradient(model, edge_compute)
     chex.assert_trees_all_close(grads[1], grads[0], rtol=1e-4, atol=1e-7)
     with pytest.raises(ValueError, match="groups=4 must be >= 1 and divide the 6 graphs"):
         gnn.task_layout(st, 3, 8, groups=4)
-    with pytest.raises(ValueError, match="groups=5 must divide the 72 edge rows"):
+    with pytest.raises(ValueError, match="groups=5 must be >= 1 and divide the 72 edge rows"):
         gnn.make_layout(st.reshape(-1), 3, 8, groups=5)
+    with pytest.raises(ValueError, match="groups=0 must be >= 1"):
+        gnn.make_layout(st.reshape(-1), 3, 8, groups=0)
+
+
+def test_grouped_exact_scores_equal_one_group(model):
+    bank, params = model
+    states = _states(6, 6, t=5)
+    configs = jnp.asarray(structure_lib.incoming_configs(N, 3))
+    one = gnn.incoming_config_losses(bank, params, states, configs, chunk_rows=16)
+    three = gnn.incoming_config_losses(bank, params, states, configs, chunk_rows=16, groups=3)
+    chex.assert_trees_all_close(three, one, rtol=1e-5)
+    with pytest.raises(ValueError, match="groups=4 must be >= 1 and divide the 6 tasks"):
+        gnn.incoming_config_losses(bank, params, states, configs, groups=4)

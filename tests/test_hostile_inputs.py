@@ -279,7 +279,7 @@ def _wrong_shape(path):
 def _truncated_file(path):
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 3)
-    return "a file is damaged or truncated"
+    return f"{path}: cannot be read"
 
 
 @pytest.mark.parametrize(

@@ -192,10 +192,23 @@ class TaskRows:
     def __len__(self) -> int:
         return self.num_tasks
 
+    def __array__(self, *args, **kwargs):
+        raise TypeError(
+            f"TaskRows holds {len(self.rows)} of {self.num_tasks} tasks: index it with task "
+            "ids (or use .data for the held rows) instead of converting it to an array"
+        )
+
+    def __iter__(self):
+        raise TypeError("TaskRows is not iterable: index it with task ids")
+
     def __getitem__(self, task_ids) -> np.ndarray:
-        ids = np.asarray(task_ids, np.int64)
-        if ids.dtype.kind not in "iu":
-            raise TypeError(f"index TaskRows with integer task ids, got {task_ids!r}")
+        ids = np.asarray(task_ids)
+        if ids.dtype.kind not in "iu":  # floats, booleans, slices: not task ids
+            raise TypeError(
+                f"index TaskRows with integer task ids, got {type(task_ids).__name__} "
+                f"of dtype {ids.dtype}"
+            )
+        ids = ids.astype(np.int64)
         pos = np.clip(np.searchsorted(self.rows, ids), 0, max(len(self.rows) - 1, 0))
         missing = ids[self.rows[pos] != ids] if len(self.rows) else ids
         if missing.size:
@@ -408,7 +421,13 @@ def _load_array(path: str, mmap: bool = False) -> np.ndarray:
             f"missing dataset file {path}; generate it with `python -m "
             "nri_modular.data.generate` or use ensure_dataset()"
         )
-    array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (EOFError, OSError, ValueError) as e:
+        raise ValueError(
+            f"{path}: cannot be read ({type(e).__name__}: {e}); a file is damaged or "
+            "truncated: delete it (or the directory) to regenerate"
+        ) from e
     if not np.issubdtype(array.dtype, np.number):
         raise ValueError(f"{path}: expected a numeric array, got dtype {array.dtype}")
     return array
@@ -543,7 +562,10 @@ def load_dataset(
         if rows is None:
             loaded[split] = Split(_normalise_split(loc, vel, normalization), labels)
             continue
-        rows = np.unique(np.asarray(rows, np.int64))
+        rows = np.asarray(rows)
+        if rows.dtype.kind not in "iu":
+            raise TypeError(f"train_rows must be integer task ids, got dtype {rows.dtype}")
+        rows = np.unique(rows.astype(np.int64))
         if rows.size and (rows[0] < 0 or rows[-1] >= loc.shape[0]):
             raise ValueError(f"train_rows must be in [0, {loc.shape[0]}), got {rows[[0, -1]]}")
         states = _normalise_split(loc[rows], vel[rows], normalization)
@@ -699,6 +721,32 @@ def task_batches(
         return np.concatenate(blocks, axis=1)
     perm = np.random.default_rng([seed, epoch]).permutation(num_tasks)
     return _batches_of(perm, batch_size, drop_remainder)
+
+
+def check_block_local(task_ids: np.ndarray, num_tasks: int, shards: int) -> None:
+    """Raises unless slice ``v`` of the batch ``task_ids`` lies in block ``v`` of the tasks.
+
+    The precondition of block-local per-task gathers (``bouncegrad.gather_tasks``), which
+    would otherwise read clamped, wrong rows; :func:`task_batches` guarantees it.
+
+    Args:
+      task_ids: int ``[B]`` one batch.
+      num_tasks: ``N``.
+      shards: ``V`` (dividing ``N`` and ``B``).
+    """
+    ids = np.asarray(task_ids)
+    if shards == 1:
+        return
+    block = ids.reshape(shards, -1) // (num_tasks // shards)
+    bad = block != np.arange(shards)[:, None]
+    if bad.any():
+        v = int(np.argwhere(bad)[0][0])
+        raise ValueError(
+            f"batch slice {v} of task_shards={shards} holds tasks outside block {v} "
+            f"([{v * (num_tasks // shards)}, {(v + 1) * (num_tasks // shards)})): "
+            f"{ids.reshape(shards, -1)[v].tolist()}; make batches with "
+            "task_batches(shards=task_shards)"
+        )
 
 
 def _batches_of(perm: np.ndarray, batch_size: int, drop_remainder: bool) -> np.ndarray:
