@@ -398,8 +398,11 @@ def incoming_config_losses(
     b, _, n, d = states.shape
     _check_groups(groups, b, "tasks")
     if groups > 1:
+        # vmap runs a chunk of every group at once: chunks of chunk_rows / groups rows per
+        # group keep the cache-sized working set (and the padding per group small).
+        inner = 0 if chunk_rows == 0 else max(1, chunk_rows // groups)
         per_group = jax.vmap(
-            lambda s: incoming_config_losses(bank, params, s, configs, stride, chunk_rows)
+            lambda s: incoming_config_losses(bank, params, s, configs, stride, inner)
         )(states.reshape(groups, b // groups, *states.shape[1:]))
         return per_group.reshape(b, *per_group.shape[2:])
     receivers, senders = graph_lib.edge_index(n)
