@@ -137,20 +137,16 @@ def edge_messages(
     Returns:
       ``[rows, message_dim]``.
     """
-    if edge_compute == "blocked" and layout.groups > 1:
-        v = layout.groups
-        padded = jax.vmap(_permute_rows)(
-            x.reshape(v, -1, x.shape[1]), layout.source, layout.position
-        )
-        blocks = padded.reshape(-1, layout.block_rows, x.shape[1])  # [V * blocks, b, 2d]
-        out = bank.apply_edge_blocks(edge_params, layout.block_module.reshape(-1), blocks)
-        out = out.reshape(v, -1, out.shape[-1])
-        return jax.vmap(_permute_rows)(out, layout.position, layout.source).reshape(x.shape[0], -1)
     if edge_compute == "blocked":
-        padded = _permute_rows(x, layout.source, layout.position)
-        blocks = padded.reshape(-1, layout.block_rows, x.shape[1])
-        out = bank.apply_edge_blocks(edge_params, layout.block_module, blocks)
-        return _permute_rows(out.reshape(-1, out.shape[-1]), layout.position, layout.source)
+        # One layout, or one per group (leading [V] axis): the same permutations, vmapped.
+        v = layout.groups
+        permute = _permute_rows if v == 1 else jax.vmap(_permute_rows)
+        group = (lambda a: a) if v == 1 else (lambda a: a.reshape(v, -1, a.shape[-1]))
+        padded = permute(group(x), layout.source, layout.position)
+        blocks = padded.reshape(-1, layout.block_rows, x.shape[1])  # [(V x) blocks, b, 2d]
+        out = bank.apply_edge_blocks(edge_params, layout.block_module.reshape(-1), blocks)
+        out = permute(group(out.reshape(-1, out.shape[-1])), layout.position, layout.source)
+        return out.reshape(x.shape[0], -1)
     if edge_compute == "all":
         every = bank.apply_edge_all(edge_params, x)  # [K, rows, H]
         return jnp.take_along_axis(every, layout.module[None, :, None], axis=0)[0]

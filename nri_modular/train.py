@@ -313,7 +313,7 @@ def build(config: Config, mesh, sample_states: np.ndarray) -> Setup:
     Args:
       config: the run's config.
       mesh: from :func:`nri_modular.distributed.make_mesh`.
-      sample_states: ``[1, T, n, 4]`` one training trajectory (shapes; proposal init).
+      sample_states: ``[1, T, n, 4]``; only its shape is used (batch shapes, proposal init).
 
     Raises:
       ValueError: batch_size / test_batch_size not divisible by the data-axis size.
@@ -494,7 +494,7 @@ def train(config: Config, workdir: str) -> TrainResult:
             f"the proposal network reads {config.obs_frames} frames (obs_frames) but "
             f"training trajectories have {train_split.states.shape[1]}"
         )
-    setup = build(config, mesh, datasets.first_rows(train_split.states))
+    setup = build(config, mesh, np.zeros((1, *train_split.states.shape[1:]), np.float32))
 
     manager = checkpoint_manager(workdir, config)
     metrics_path = os.path.join(workdir, "metrics.jsonl")

@@ -187,19 +187,19 @@ def test_damaged_latest_checkpoint_is_named_and_kept(run_copy, tiny_data_dir, da
     assert train.checkpoint_manager(run_copy, config).latest_step() == 4
 
 
-def test_other_particle_count_than_checkpoint(run_copy, tiny_data_dir):
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (dict(num_particles=5), r"num_particles \(checkpoint 4, now 5\)"),
+        # Another data order would silently not resume exactly.
+        (dict(task_shards=2), r"task_shards \(checkpoint 1, now 2\)"),
+    ],
+    ids=["particle_count", "task_shards"],
+)
+def test_other_run_settings_than_checkpoint(run_copy, tiny_data_dir, override, message):
     before = _snapshot(run_copy)
-    config = flagfile_config(data_dir=tiny_data_dir, num_particles=5)
-    with pytest.raises(ValueError, match=r"num_particles \(checkpoint 4, now 5\)"):
-        train.train_and_evaluate(config, run_copy)
-    assert _snapshot(run_copy) == before
-
-
-def test_other_task_shards_than_checkpoint(run_copy, tiny_data_dir):
-    """Another data order would silently not resume exactly: refused."""
-    before = _snapshot(run_copy)
-    config = flagfile_config(data_dir=tiny_data_dir, task_shards=2)
-    with pytest.raises(ValueError, match=r"task_shards \(checkpoint 1, now 2\)"):
+    config = flagfile_config(data_dir=tiny_data_dir, **override)
+    with pytest.raises(ValueError, match=message):
         train.train_and_evaluate(config, run_copy)
     assert _snapshot(run_copy) == before
 

@@ -220,11 +220,6 @@ class TaskRows:
         return self.data[pos]
 
 
-def first_rows(states: np.ndarray | TaskRows, count: int = 1) -> np.ndarray:
-    """The first ``count`` rows this process holds (for shapes, e.g. initialisation)."""
-    return np.asarray((states.data if isinstance(states, TaskRows) else states)[:count])
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
     """Loaded splits with their (training) normalisation.
