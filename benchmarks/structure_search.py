@@ -49,7 +49,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from nri_modular import annealing, bouncegrad, gnn, proposal
+from nri_modular import annealing, bouncegrad, gnn, proposal_net
 from nri_modular import structure as structure_lib
 from nri_modular.data import datasets
 from nri_modular.modules import ModuleBank
@@ -155,7 +155,7 @@ def train_or_load(system: str, train: datasets.Split) -> Trained:
     n = train.num_particles
     hidden = (_HIDDEN.value,) * 3
     bank = ModuleBank(NUM_MODULES, hidden, hidden)
-    init_fn, apply_fn = proposal.make_proposal_network(NUM_MODULES, n, _PROPOSAL_HIDDEN.value)
+    init_fn, apply_fn = proposal_net.make_proposal_network(NUM_MODULES, n, _PROPOSAL_HIDDEN.value)
     optimizer = optax.adam(_LR.value)
     p_optimizer = optax.adam(_PROPOSAL_LR.value)
     key = jax.random.PRNGKey(_SEED.value)
@@ -269,7 +269,7 @@ def _make_search_fns(bank: ModuleBank, proposal_apply, kind: str, uniform_mix: f
     ``chunk(params, states, state, aux, temps) -> AnnealState`` (annealing steps) and
     ``one_step(params, states, state, temperature) -> AnnealState`` (one uniform step).
     """
-    proposal_fn = structure_lib.make_proposal(kind, bank.num_modules, n, uniform_mix)
+    proposal_fn = structure_lib.make_move(kind, bank.num_modules, n, uniform_mix)
 
     def init(params, pparams, states, key):
         """Initial structures (no energy yet: see :func:`run_batched`)."""
@@ -279,7 +279,7 @@ def _make_search_fns(bank: ModuleBank, proposal_apply, kind: str, uniform_mix: f
             s = structure_lib.random_structures(k_init, states.shape[0], n, bank.num_modules)
         elif kind == "blocked_gibbs":
             aux = proposal_apply(pparams, states)
-            s = proposal.argmax_structure(aux)
+            s = proposal_net.argmax_structure(aux)
         else:
             configs = jnp.asarray(structure_lib.incoming_configs(n, bank.num_modules))
             aux = gnn.incoming_config_losses(bank, params, states, configs, _EXACT_STRIDE.value)
@@ -534,7 +534,9 @@ def meta_train_compare() -> dict:
     out = {}
     for on in (False, True):
         bank = ModuleBank(NUM_MODULES, hidden, hidden)
-        init_fn, apply_fn = proposal.make_proposal_network(NUM_MODULES, n, _PROPOSAL_HIDDEN.value)
+        init_fn, apply_fn = proposal_net.make_proposal_network(
+            NUM_MODULES, n, _PROPOSAL_HIDDEN.value
+        )
         optimizer = optax.adam(_LR.value)
         p_optimizer = optax.adam(_PROPOSAL_LR.value) if on else None
         key = jax.random.PRNGKey(_SEED.value)

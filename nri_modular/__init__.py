@@ -52,10 +52,10 @@ from nri_modular.gnn import (
 )
 from nri_modular.graph import edge_index, graphs_to_tasks, tasks_to_graphs
 from nri_modular.modules import ModuleBank
-from nri_modular.proposal import ProposalNet, make_proposal_network
+from nri_modular.proposal_net import ProposalNet, make_proposal_network
 from nri_modular.structure import (
     exact_best_structure,
-    make_proposal,
+    make_move,
     propose_blocked_gibbs,
     propose_exact_local,
     propose_uniform,
@@ -92,7 +92,7 @@ __all__ = [
     "init_train_state",
     "load_dataset",
     "make_bouncegrad_step",
-    "make_proposal",
+    "make_move",
     "make_proposal_network",
     "message_passing_step",
     "metropolis",

@@ -16,7 +16,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
-from nri_modular.structure import ProposalFn
+from nri_modular.structure import MoveFn
 
 # Signature: (structure [B, E] int32) -> energy [B]
 EnergyFn = Callable[[jax.Array], jax.Array]
@@ -74,7 +74,7 @@ def metropolis(key, energy, proposed_energy, temperature):
 def anneal_step(
     state: AnnealState,
     energy_fn: EnergyFn,
-    proposal_fn: ProposalFn,
+    proposal_fn: MoveFn,
     logits: jax.Array | None = None,
 ) -> tuple[AnnealState, AnnealDiagnostics]:
     """One propose -> evaluate -> accept step for every task in the batch."""
@@ -106,7 +106,7 @@ def anneal_step(
 def anneal(
     state: AnnealState,
     energy_fn: EnergyFn,
-    proposal_fn: ProposalFn,
+    proposal_fn: MoveFn,
     temperatures: jax.Array,
     logits: jax.Array | None = None,
 ) -> tuple[AnnealState, AnnealDiagnostics]:

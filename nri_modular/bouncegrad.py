@@ -204,7 +204,7 @@ def make_bouncegrad_step(
 
     The returned function is pure; jit it (optionally with shardings, donation).
     """
-    proposal_fn = structure_lib.make_proposal(
+    proposal_fn = structure_lib.make_move(
         config.proposal, bank.num_modules, num_nodes, config.uniform_mix
     )
     if config.proposal == "blocked_gibbs" and proposal_apply is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from nri_modular import distributed, gnn
-from nri_modular.structure import PROPOSAL_KINDS
+from nri_modular.structure import MOVE_KINDS
 
 SYSTEMS = ("springs", "charged")
 
@@ -77,12 +77,12 @@ class Config:
     def __post_init__(self):
         _check(self.system in SYSTEMS, f"unknown system {self.system!r}; expected one of {SYSTEMS}")
         _check(
-            self.proposal in PROPOSAL_KINDS,
-            f"unknown proposal {self.proposal!r}; expected one of {PROPOSAL_KINDS}",
+            self.proposal in MOVE_KINDS,
+            f"unknown proposal {self.proposal!r}; expected one of {MOVE_KINDS}",
         )
         _check(
-            self.test_proposal in PROPOSAL_KINDS,
-            f"unknown test_proposal {self.test_proposal!r}; expected one of {PROPOSAL_KINDS}",
+            self.test_proposal in MOVE_KINDS,
+            f"unknown test_proposal {self.test_proposal!r}; expected one of {MOVE_KINDS}",
         )
         _check(
             self.edge_compute in gnn.EDGE_COMPUTE_KINDS,
@@ -181,7 +181,7 @@ def define_flags(flags_module, system_default: str = "springs") -> None:
         if field.name == "system":
             flags.DEFINE_enum("system", value, list(SYSTEMS), "Physical system.")
         elif field.name in ("proposal", "test_proposal"):
-            flags.DEFINE_enum(field.name, value, list(PROPOSAL_KINDS), "Annealing proposal.")
+            flags.DEFINE_enum(field.name, value, list(MOVE_KINDS), "Annealing move kind.")
         elif field.name == "edge_compute":
             flags.DEFINE_enum(
                 "edge_compute", value, list(gnn.EDGE_COMPUTE_KINDS), "Edge module dispatch."

@@ -36,7 +36,7 @@ class SearchConfig:
       t_start, t_end: geometric temperature schedule.
       p: rollout length of the energy (as in training).
       batch_size: tasks annealed together (static shape; the last batch is padded).
-      proposal, uniform_mix: see :func:`nri_modular.structure.make_proposal`. Search
+      proposal, uniform_mix: see :func:`nri_modular.structure.make_move`. Search
         starts from the exact one-step optimum (exact kinds), else from the proposal
         network's argmax when a network is given, else from a random structure.
     """
@@ -64,7 +64,7 @@ def _padded_batches(num: int, batch_size: int):
 
 @functools.partial(jax.jit, static_argnames=("bank", "config", "num_nodes", "proposal_apply"))
 def _search_batch(bank, params, states, key, config, num_nodes, proposal_params, proposal_apply):
-    proposal_fn = structure_lib.make_proposal(
+    proposal_fn = structure_lib.make_move(
         config.proposal, bank.num_modules, num_nodes, config.uniform_mix
     )
 

@@ -1,16 +1,20 @@
-"""Structures (one module index per directed edge) and the proposals that change them.
+"""Structures (one module index per directed edge) and the annealing moves that change them.
 
 A structure is int32 ``[n(n-1)]`` per task (``[tasks, n(n-1)]`` batched), receiver-major
 (see :mod:`nri_modular.graph`): the ``n - 1`` edges entering node ``i`` are the slice
 ``[i*(n-1), (i+1)*(n-1))``.
 
-Proposals share one signature so search is pluggable::
+Moves share one signature so search is pluggable::
 
   # Signature: (key, structure [B, E] int32, aux) -> structure [B, E]
-  ProposalFn = Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array]
+  MoveFn = Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array]
 
-``aux`` is what the proposal learns from, fixed during one annealing run: ``None`` for the
-uniform proposal, the learned proposal network's per-edge module logits ``[B, E, K]`` for
+A move kind (:data:`MOVE_KINDS`, chosen by the ``--proposal`` / ``--test_proposal`` flags)
+proposes the next structure of a Metropolis step; the learned proposal *network* that some
+moves sample from is :mod:`nri_modular.proposal_net`.
+
+``aux`` is what the move reads, fixed during one annealing run: ``None`` for the
+uniform move, the learned proposal network's per-edge module logits ``[B, E, K]`` for
 blocked Gibbs, and the one-step losses of every setting of every node's incoming edges
 ``[B, n, K^(n-1)]`` (:func:`nri_modular.gnn.incoming_config_losses`) for exact local moves.
 """
@@ -26,9 +30,9 @@ import numpy as np
 
 from nri_modular import graph as graph_lib
 
-ProposalFn = Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array]
+MoveFn = Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array]
 
-PROPOSAL_KINDS = ("uniform", "blocked_gibbs", "exact_local", "exact_sweep")
+MOVE_KINDS = ("uniform", "blocked_gibbs", "exact_local", "exact_sweep")
 # Kinds whose aux input is the one-step losses of every node's incoming settings.
 EXACT_KINDS = ("exact_local", "exact_sweep")
 
@@ -131,8 +135,8 @@ def exact_best_structure(scores: jax.Array, num_nodes: int, num_modules: int) ->
     return configs[jnp.argmin(scores, axis=-1)].reshape(scores.shape[0], -1)
 
 
-def make_proposal(kind: str, num_modules: int, num_nodes: int, uniform_mix: float = 0.0):
-    """Proposal function by name.
+def make_move(kind: str, num_modules: int, num_nodes: int, uniform_mix: float = 0.0):
+    """Annealing move function by name (the ``--proposal`` flag's value).
 
     Args:
       kind: ``"uniform"``, ``"blocked_gibbs"``, ``"exact_local"`` (one random node's
@@ -142,10 +146,10 @@ def make_proposal(kind: str, num_modules: int, num_nodes: int, uniform_mix: floa
         (keeps the chain ergodic whatever the learned proposal says).
 
     Returns:
-      A :data:`ProposalFn`.
+      A :data:`MoveFn`.
     """
-    if kind not in PROPOSAL_KINDS:
-        raise ValueError(f"unknown proposal {kind!r}; expected one of {PROPOSAL_KINDS}")
+    if kind not in MOVE_KINDS:
+        raise ValueError(f"unknown proposal {kind!r}; expected one of the moves {MOVE_KINDS}")
     if not 0.0 <= uniform_mix <= 1.0:
         raise ValueError(f"uniform_mix must be in [0, 1], got {uniform_mix}")
     if num_modules < 2:
@@ -162,7 +166,7 @@ def make_proposal(kind: str, num_modules: int, num_nodes: int, uniform_mix: floa
 
     def mixed(key, structure, aux):
         if aux is None:
-            raise ValueError(f"{kind} proposal needs its aux input (logits or scores)")
+            raise ValueError(f"{kind} move needs its aux input (logits or scores)")
         k_mix, k_u, k_p = jax.random.split(key, 3)
         use_uniform = jax.random.uniform(k_mix, (structure.shape[0], 1)) < uniform_mix
         if kind == "blocked_gibbs":

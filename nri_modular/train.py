@@ -38,7 +38,7 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from nri_modular import bouncegrad, distributed, evaluate, proposal
+from nri_modular import bouncegrad, distributed, evaluate, proposal_net
 from nri_modular.config import Config
 from nri_modular.data import datasets
 from nri_modular.modules import ModuleBank
@@ -328,7 +328,7 @@ def build(config: Config, mesh, sample_states: np.ndarray) -> Setup:
     optimizer = optax.adam(config.learning_rate)
     proposal_init = proposal_apply = proposal_optimizer = None
     if config.uses_proposal_network:
-        proposal_init, proposal_apply = proposal.make_proposal_network(
+        proposal_init, proposal_apply = proposal_net.make_proposal_network(
             config.num_modules, n, config.proposal_hidden
         )
         proposal_optimizer = optax.adam(config.proposal_learning_rate)

@@ -84,7 +84,7 @@ def test_exact_sweep_moves_every_node_to_its_best_setting():
     best = np.random.RandomState(1).randint(0, len(configs), size=(b, N))
     scores = np.ones((b, N, len(configs)), np.float32)
     scores[np.arange(b)[:, None], np.arange(N)[None, :], best] = 0.0
-    sweep = structure_lib.make_proposal("exact_sweep", K, N, uniform_mix=0.0)
+    sweep = structure_lib.make_move("exact_sweep", K, N, uniform_mix=0.0)
     new = np.asarray(sweep(jax.random.PRNGKey(0), jnp.zeros((b, E), jnp.int32), scores))
     np.testing.assert_array_equal(new.reshape(b, N, N - 1), configs[best])
 
@@ -92,7 +92,7 @@ def test_exact_sweep_moves_every_node_to_its_best_setting():
 def test_uniform_mix_one_reproduces_uniform_sa():
     s = _planted(32)
     logits = jnp.zeros((32, E, K))
-    mixed = structure_lib.make_proposal("blocked_gibbs", K, N, uniform_mix=1.0)
+    mixed = structure_lib.make_move("blocked_gibbs", K, N, uniform_mix=1.0)
     key = jax.random.PRNGKey(3)
     k_mix, k_u, _ = jax.random.split(key, 3)
     np.testing.assert_array_equal(
@@ -102,7 +102,7 @@ def test_uniform_mix_one_reproduces_uniform_sa():
 
 def test_unknown_proposal_is_an_error():
     with pytest.raises(ValueError, match="unknown proposal 'magic'"):
-        structure_lib.make_proposal("magic", K, N)
+        structure_lib.make_move("magic", K, N)
 
 
 def test_sa_recovers_a_planted_structure_and_lowers_energy():
@@ -111,7 +111,7 @@ def test_sa_recovers_a_planted_structure_and_lowers_energy():
     init = _planted(16, seed=5)
     state = annealing.AnnealState(init, energy_fn(init), jax.random.PRNGKey(6), jnp.float32(0.1))
     temps = annealing.geometric_temperatures(0.05, 1e-4, 400)
-    proposal = structure_lib.make_proposal("uniform", K, N)
+    proposal = structure_lib.make_move("uniform", K, N)
     run = jax.jit(lambda st: annealing.anneal(st, energy_fn, proposal, temps))
     final, diag = run(state)
     assert diag.mean_energy.shape == (400,)

@@ -299,7 +299,7 @@ def test_bad_data_file(tmp_path, data_copy, damage):
 
 def test_api_unknown_proposal():
     with pytest.raises(ValueError, match="unknown proposal 'magic'; expected one of"):
-        structure.make_proposal("magic", 2, 4)
+        structure.make_move("magic", 2, 4)
 
 
 def test_api_unknown_system():

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from nri_modular import bouncegrad, graph, proposal
+from nri_modular import bouncegrad, graph, proposal_net
 from nri_modular import structure as structure_lib
 from nri_modular.modules import ModuleBank
 
@@ -22,7 +22,7 @@ def _states(seed, b, t=T):
 @pytest.fixture(scope="module")
 def net():
     """A small proposal net (K = 3), its jitted apply and parameters, shared by tests."""
-    init_fn, apply_fn = proposal.make_proposal_network(3, N, hidden=16)
+    init_fn, apply_fn = proposal_net.make_proposal_network(3, N, hidden=16)
     params = jax.jit(init_fn)(jax.random.PRNGKey(1), _states(0, 1))
     return jax.jit(apply_fn), params
 
@@ -36,22 +36,22 @@ def test_output_shape_and_finite_logits(net):
     assert float(jnp.std(logits)) > 0  # not a constant map
     # A task's logits do not depend on the other tasks in its batch (no batch statistics).
     chex.assert_trees_all_close(apply(params, states[2:3])[0], logits[2], atol=1e-5)
-    chex.assert_shape(proposal.argmax_structure(logits), (5, E))
+    chex.assert_shape(proposal_net.argmax_structure(logits), (5, E))
 
 
 def test_without_layer_norm():
-    init_fn, apply_fn = proposal.make_proposal_network(2, N, hidden=8, layer_norm=False)
+    init_fn, apply_fn = proposal_net.make_proposal_network(2, N, hidden=8, layer_norm=False)
     params = init_fn(jax.random.PRNGKey(1), _states(0, 1))
     assert "LayerNorm_0" not in params["params"]["mlp1"]
     chex.assert_shape(jax.jit(apply_fn)(params, _states(1, 2)), (2, E, 2))
 
 
 def test_wrong_particle_count_is_an_error():
-    init_fn, _ = proposal.make_proposal_network(2, N, hidden=8)
+    init_fn, _ = proposal_net.make_proposal_network(2, N, hidden=8)
     with pytest.raises(ValueError, match="states must be"):
         init_fn(jax.random.PRNGKey(0), jnp.zeros((1, T, N + 1, 4)))
     with pytest.raises(ValueError, match="at least 2 modules"):
-        proposal.make_proposal_network(1, N)
+        proposal_net.make_proposal_network(1, N)
 
 
 def test_logits_follow_the_receiver_major_edge_order(net):
@@ -76,17 +76,17 @@ def _planted_problem(seed, b):
 
 
 def test_proposal_learns_planted_structures():
-    init_fn, apply_fn = proposal.make_proposal_network(K, N, hidden=32)
+    init_fn, apply_fn = proposal_net.make_proposal_network(K, N, hidden=32)
     states, targets = _planted_problem(4, 64)
     params = jax.jit(init_fn)(jax.random.PRNGKey(5), states[:1])
     optimizer = optax.adam(3e-3)
-    step = jax.jit(proposal.make_supervised_step(apply_fn, optimizer))
+    step = jax.jit(proposal_net.make_supervised_step(apply_fn, optimizer))
     opt_state = optimizer.init(params)
 
     apply = jax.jit(apply_fn)
 
     def accuracy(p):
-        return float((proposal.argmax_structure(apply(p, states)) == targets).mean())
+        return float((proposal_net.argmax_structure(apply(p, states)) == targets).mean())
 
     acc0 = accuracy(params)
     losses = []
@@ -97,13 +97,13 @@ def test_proposal_learns_planted_structures():
     assert accuracy(params) > 0.95 > acc0 + 0.2
     # Held-out tasks of the same planted rule: it generalises, not only memorises.
     test_states, test_targets = _planted_problem(6, 64)
-    pred = proposal.argmax_structure(apply(params, test_states))
+    pred = proposal_net.argmax_structure(apply(params, test_states))
     assert float((pred == test_targets).mean()) > 0.8
 
 
 def test_bouncegrad_step_with_proposal_is_finite_and_lowers_proposal_loss():
     bank = ModuleBank(K, (16,), (16,))
-    init_fn, apply_fn = proposal.make_proposal_network(K, N, hidden=16)
+    init_fn, apply_fn = proposal_net.make_proposal_network(K, N, hidden=16)
     optimizer, p_optimizer = optax.adam(1e-3), optax.adam(1e-2)
     b = 8
     states = _states(7, b)
@@ -135,5 +135,6 @@ def test_bouncegrad_step_with_proposal_is_finite_and_lowers_proposal_loss():
     chex.assert_tree_all_finite((state.params, state.proposal_params))
     assert np.isfinite(losses).all()
     # Targets are the current structures; the proposal fits them.
-    final = float(proposal.proposal_loss(apply_fn, state.proposal_params, states, state.structures))
+    final = proposal_net.proposal_loss(apply_fn, state.proposal_params, states, state.structures)
+    final = float(final)
     assert final < 0.5 * losses[0]
