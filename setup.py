@@ -23,5 +23,6 @@ setup(
     extras_require={
         "test": ["pytest", "chex", "ruff"],
         "plots": ["matplotlib"],
+        "tensorboard": ["tensorboardX"],
     },
 )

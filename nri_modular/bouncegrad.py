@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from nri_modular import annealing, gnn
+from nri_modular import metrics as metrics_lib
 from nri_modular import structure as structure_lib
 from nri_modular.modules import ModuleBank, Params
 
@@ -297,10 +298,9 @@ def make_bouncegrad_step(
             state.temperature, worse_accept, target, config.temperature_factor
         )
 
-        counts = structure_lib.confusion(
+        mapping = metrics_lib.module_mapping(
             structure, batch.labels, bank.num_modules, config.num_types
         )
-        mapping = structure_lib.best_mapping(counts)
         new_state = state.replace(
             params=params,
             opt_state=opt_state,
@@ -319,7 +319,7 @@ def make_bouncegrad_step(
             "worse_accept_rate": worse_accept,
             "target_worse_rate": target,
             "temperature": state.temperature,
-            "edge_accuracy": structure_lib.mapped_accuracy(structure, batch.labels, mapping),
+            "edge_accuracy": metrics_lib.edge_accuracy(structure, batch.labels, mapping),
             "grad_norm": optax.tree.norm(grads),
             "proposal_loss": proposal_loss,
         }

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import logging as std_logging
+
 from absl import app, flags, logging
 
 from nri_modular import config as config_lib
+
+
+def quiet_library_logs() -> None:
+    """Keeps Orbax's per-save INFO lines out of the training log (warnings still show)."""
+
+    class _DropOrbaxInfo(std_logging.Filter):
+        def filter(self, record):
+            return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+
+    for handler in std_logging.getLogger().handlers + std_logging.getLogger("absl").handlers:
+        handler.addFilter(_DropOrbaxInfo())
+    logging.get_absl_handler().addFilter(_DropOrbaxInfo())
 
 
 def run(system: str) -> None:
@@ -12,15 +26,16 @@ def run(system: str) -> None:
     config_lib.define_flags(flags, system_default=system)
 
     def main(argv):
-        from nri_modular import train  # Imported after flag parsing (keeps --help fast).
+        # Imported after flag parsing (keeps --help fast).
+        from nri_modular import reporting, train
 
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments: {argv[1:]}")
         logging.set_verbosity(logging.INFO)
-        train.quiet_library_logs()
+        quiet_library_logs()
         config = config_lib.config_from_flags(flags.FLAGS)
         workdir = flags.FLAGS.workdir or f"runs/{config.system}"
         results = train.train_and_evaluate(config, workdir)
-        print(train.format_results(results))
+        print(reporting.format_run_results(results))
 
     app.run(main)

@@ -3,13 +3,17 @@
 Every experiment script defines the same flags (:func:`define_flags`) and builds a
 :class:`Config` from them (:func:`config_from_flags`); flagfiles in
 ``experiments/flags/`` choose sizes. Bad values fail here, before any work starts.
+
+The library's own settings objects stay free of :class:`Config` (an ablation builds them
+by hand); :func:`build_bank` and :func:`bouncegrad_config` derive them from a run's config.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from nri_modular import distributed, gnn
+from nri_modular import bouncegrad, distributed, gnn
+from nri_modular.modules import ModuleBank
 from nri_modular.structure import MOVE_KINDS
 
 SYSTEMS = ("springs", "charged")
@@ -62,6 +66,7 @@ class Config:
     log_every: int = 20
     checkpoint_every: int = 200
     keep_checkpoints: int = 3
+    tensorboard: bool = False  # also write TensorBoard events (pip install '.[tensorboard]')
     # Scaling (see nri_modular/distributed.py): mesh and multi-host start-up.
     model_axis_size: int = 1
     task_shards: int = 1  # V: virtual shards of the tasks (a multiple of the data-axis size)
@@ -210,3 +215,30 @@ def config_from_flags(flag_values) -> Config:
             value = _parse_sizes(value)
         kwargs[field.name] = value
     return Config(**kwargs)
+
+
+def build_bank(config: Config) -> ModuleBank:
+    """The module bank the config describes."""
+    return ModuleBank(
+        config.num_modules,
+        config.edge_hidden,
+        config.node_hidden,
+        init_spread=config.module_init_spread,
+    )
+
+
+def bouncegrad_config(config: Config) -> bouncegrad.BounceGradConfig:
+    """The static BounceGrad settings of a run."""
+    return bouncegrad.BounceGradConfig(
+        p=config.p,
+        sa_steps=config.sa_steps,
+        refresh_energy=config.refresh_energy,
+        temperature_decay_steps=config.temperature_decay_steps,
+        proposal=config.proposal,
+        uniform_mix=config.uniform_mix,
+        exact_stride=config.exact_stride,
+        num_types=2,
+        block_rows=config.block_rows,
+        edge_compute=config.edge_compute,
+        task_shards=config.task_shards,
+    )

@@ -1,4 +1,4 @@
-"""Meta-test: structure search on observed frames, k-step prediction MSE, edge accuracy.
+"""Meta-test: structure search on observed frames, then k-step prediction and its scores.
 
 Protocol (Kipf et al. 2018, and the paper's Tables 1-2):
 
@@ -8,22 +8,29 @@ Protocol (Kipf et al. 2018, and the paper's Tables 1-2):
   re-feeding truth; the MSE (normalised units, averaged over tasks, particles and the 4
   state dims) is reported per step;
 * edge accuracy maps modules to relation types once, on the training tasks (best
-  one-to-one map, :func:`nri_modular.structure.best_mapping`), then scores test tasks.
+  one-to-one map, :func:`nri_modular.metrics.module_mapping`), then scores test tasks.
+
+:func:`meta_test` runs the protocol for a trained :class:`~nri_modular.bouncegrad.TrainState`
+(on the device mesh when given one) and returns the results a run writes to
+``results.json``; the scores themselves are in :mod:`nri_modular.metrics`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
-from nri_modular import annealing, gnn
+from nri_modular import annealing, distributed, gnn, metrics
 from nri_modular import structure as structure_lib
-from nri_modular.data import datasets
+from nri_modular.config import Config
+from nri_modular.data import batching
 from nri_modular.modules import ModuleBank, Params
 
 
@@ -54,12 +61,21 @@ class SearchConfig:
     groups: int = 1
 
 
-def _padded_batches(num: int, batch_size: int):
-    """Yields ``(indices [batch_size], valid)`` from :func:`datasets.eval_batches`: every
-    task once, in order; only the first ``valid`` entries of a batch are real tasks."""
-    indices, mask = datasets.eval_batches(num, batch_size)
-    for idx, valid in zip(indices, mask.sum(axis=1), strict=True):
-        yield idx, int(valid)
+def search_config(config: Config) -> SearchConfig:
+    """The meta-test structure-search settings of a run."""
+    return SearchConfig(
+        num_steps=config.test_sa_steps,
+        t_start=config.test_t_start,
+        t_end=config.test_t_end,
+        p=config.p,
+        batch_size=config.test_batch_size,
+        proposal=config.test_proposal,
+        uniform_mix=config.test_uniform_mix,
+        exact_stride=1,
+        block_rows=config.block_rows,
+        edge_compute=config.edge_compute,
+        groups=config.task_shards,
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("bank", "config", "num_nodes", "proposal_apply"))
@@ -126,7 +142,7 @@ def search_structures(
     """
     n_tasks, _, n, _ = states.shape
     structures, energies = [], []
-    for i, (idx, valid) in enumerate(_padded_batches(n_tasks, config.batch_size)):
+    for i, (idx, valid) in enumerate(batching.padded_batches(n_tasks, config.batch_size)):
         s, e, _ = _search_batch(
             bank,
             params,
@@ -161,7 +177,7 @@ def _rollout_sq_error(
         groups=groups,
     )
     truth = jax.lax.dynamic_slice_in_dim(states, start + 1, horizon, axis=1)
-    return jnp.square(preds - truth).mean(axis=(2, 3))  # [B, horizon]
+    return metrics.squared_error_per_step(preds, truth)  # [B, horizon]
 
 
 def prediction_mse(
@@ -197,7 +213,7 @@ def prediction_mse(
     if structures.shape[0] != n_tasks:
         raise ValueError(f"{structures.shape[0]} structures for {n_tasks} tasks")
     total = np.zeros(horizon)
-    for idx, valid in _padded_batches(n_tasks, batch_size):
+    for idx, valid in batching.padded_batches(n_tasks, batch_size):
         err = _rollout_sq_error(
             bank,
             params,
@@ -213,16 +229,79 @@ def prediction_mse(
     return total / n_tasks
 
 
-def module_mapping(structures: np.ndarray, labels: np.ndarray, num_modules: int, num_types: int):
-    """Best module -> relation type map on (training) tasks; int32 ``[K]``."""
-    counts = structure_lib.confusion(
-        jnp.asarray(structures), jnp.asarray(labels), num_modules, num_types
+def meta_test(
+    config: Config, bank: ModuleBank, state, train_labels, test, proposal_apply=None, mesh=None
+) -> dict:
+    """Structure search on the test tasks' observed frames, then prediction and accuracy.
+
+    Args:
+      config: the run's config (search, horizon and batch settings).
+      bank, state: the module bank and the trained ``TrainState`` (its ``structures [N, E]``
+        of the training tasks choose the module -> relation map).
+      train_labels: int ``[N, E]`` true relation types of the training tasks.
+      test: the test :class:`~nri_modular.data.datasets.Split` (``states [M, T, n, 4]``).
+      proposal_apply: the learned proposal network (used when ``test_proposal`` is
+        ``blocked_gibbs``).
+      mesh: with a mesh, every batch of test tasks is split over its ``data`` axis (the
+        jitted search and rollout compile for those shardings).
+
+    Returns:
+      The results: edge accuracy (test, and of the training structures), MSE at 1/10/20
+      steps and per step, the module -> relation map, the search time.
+    """
+    start = time.time()
+    put, fetch = jnp.asarray, np.asarray
+    if mesh is not None:
+        distributed.check_divisible(mesh, test_batch_size=config.test_batch_size)
+
+        def put(x):
+            return distributed.put_batch(mesh, x)
+
+        fetch = distributed.to_host
+    train_structures = distributed.to_host(state.structures)
+    mapping = metrics.module_mapping(train_structures, train_labels, config.num_modules, 2)
+    observed = test.states[:, : config.obs_frames]
+
+    def progress(done, total):
+        logging.info("meta-test structure search: %d/%d tasks", done, total)
+
+    learned = config.test_proposal == "blocked_gibbs"
+    structures, _ = search_structures(
+        bank,
+        state.params,
+        observed,
+        jax.random.PRNGKey(config.seed + 1),
+        search_config(config),
+        proposal_params=state.proposal_params if learned else None,
+        proposal_apply=proposal_apply if learned else None,
+        progress=progress,
+        put=put,
+        fetch=fetch,
     )
-    return np.asarray(structure_lib.best_mapping(counts))
-
-
-def edge_accuracy(structures: np.ndarray, labels: np.ndarray, mapping: np.ndarray) -> float:
-    """Fraction of directed edges whose mapped module equals the true relation type."""
-    if structures.shape != labels.shape:
-        raise ValueError(f"structures {structures.shape} and labels {labels.shape} differ")
-    return float((np.asarray(mapping)[structures] == labels).mean())
+    search_seconds = time.time() - start
+    mse = prediction_mse(
+        bank,
+        state.params,
+        test.states,
+        structures,
+        start_frame=config.obs_frames,
+        horizon=config.horizon,
+        batch_size=config.test_batch_size,
+        block_rows=config.block_rows,
+        edge_compute=config.edge_compute,
+        put=put,
+        fetch=fetch,
+        groups=config.task_shards,
+    )
+    return {
+        "system": config.system,
+        "edge_accuracy": metrics.edge_accuracy(structures, test.labels, mapping),
+        "train_edge_accuracy": metrics.edge_accuracy(train_structures, train_labels, mapping),
+        "mse_1": float(mse[0]),
+        "mse_10": float(mse[9]) if len(mse) >= 10 else None,
+        "mse_20": float(mse[19]) if len(mse) >= 20 else None,
+        "mse_per_step": [float(v) for v in mse],
+        "module_to_relation": [int(v) for v in mapping],
+        "num_test_tasks": int(test.states.shape[0]),
+        "test_search_seconds": search_seconds,
+    }

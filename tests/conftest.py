@@ -54,10 +54,10 @@ def flagfile_config(path: str = TEST_FLAGS, **overrides):
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):
     """The CI flagfile's dataset, generated once per session."""
-    from nri_modular import train
+    from nri_modular.data import loading
 
     data_dir = str(tmp_path_factory.mktemp("tiny_data"))
-    train.load_data(flagfile_config(data_dir=data_dir))
+    loading.load_data(flagfile_config(data_dir=data_dir))
     return data_dir
 
 

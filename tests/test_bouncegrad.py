@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from nri_modular import bouncegrad, evaluate, gnn, graph
+from nri_modular import bouncegrad, evaluate, gnn, graph, metrics
 from nri_modular.data import physics
 from nri_modular.modules import ModuleBank
 
@@ -97,7 +97,7 @@ def test_sa_recovers_planted_structure_with_true_modules(
         gnn.rollout_loss(bank, teacher, jnp.asarray(states), jnp.asarray(1 - planted), 5)
     )
     found, energies = evaluate.search_structures(bank, teacher, states, jax.random.PRNGKey(3), cfg)
-    assert evaluate.edge_accuracy(found, planted, np.array([0, 1])) >= min_accuracy
+    assert metrics.edge_accuracy(found, planted, np.array([0, 1])) >= min_accuracy
     assert (energies < 1e-9).mean() >= min_exact_fraction  # the planted structure: zero loss
     assert energies.mean() < 0.2 * random_energy.mean()
 
@@ -110,10 +110,10 @@ def test_state_shapes(springs):
 
 
 def test_block_local_task_gather_and_scatter_equal_global_indexing():
-    from nri_modular.data import datasets
+    from nri_modular.data import batching
 
     table = jnp.arange(24 * 3).reshape(24, 3)
-    for ids in datasets.task_batches(24, 8, seed=3, epoch=1, shards=4):
+    for ids in batching.task_batches(24, 8, seed=3, epoch=1, shards=4):
         ids = jnp.asarray(ids)
         np.testing.assert_array_equal(
             bouncegrad.gather_tasks(table, ids, 4), bouncegrad.gather_tasks(table, ids)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from nri_modular import graph
-from nri_modular.data import datasets
+from nri_modular.data import batching, datasets
 
 SMALL = dict(num_train=6, num_valid=3, num_test=2, seed=5, train_steps=500, test_steps=1000)
 SPLIT_SHAPES = {"train": (6, 4), "valid": (3, 4), "test": (2, 9)}  # (sims, frames)
@@ -266,33 +266,33 @@ def test_generate_cli(tmp_path):
 
 
 def test_task_batches():
-    a = datasets.task_batches(10, 3, seed=1, epoch=0)
+    a = batching.task_batches(10, 3, seed=1, epoch=0)
     chex.assert_shape(a, (3, 3))
     assert a.dtype == np.int32 and len(set(a.ravel())) == 9
-    np.testing.assert_array_equal(a, datasets.task_batches(10, 3, seed=1, epoch=0))
-    assert not np.array_equal(a, datasets.task_batches(10, 3, seed=1, epoch=1))
-    assert not np.array_equal(a, datasets.task_batches(10, 3, seed=2, epoch=0))
-    b = datasets.task_batches(10, 3, seed=1, epoch=0, drop_remainder=False)
+    np.testing.assert_array_equal(a, batching.task_batches(10, 3, seed=1, epoch=0))
+    assert not np.array_equal(a, batching.task_batches(10, 3, seed=1, epoch=1))
+    assert not np.array_equal(a, batching.task_batches(10, 3, seed=2, epoch=0))
+    b = batching.task_batches(10, 3, seed=1, epoch=0, drop_remainder=False)
     chex.assert_shape(b, (4, 3))
     assert set(b.ravel()) == set(range(10))
     with pytest.raises(ValueError, match="no full batch"):
-        datasets.task_batches(2, 3, seed=0, epoch=0)
+        batching.task_batches(2, 3, seed=0, epoch=0)
     with pytest.raises(ValueError, match="must be positive"):
-        datasets.task_batches(0, 3, seed=0, epoch=0)
+        batching.task_batches(0, 3, seed=0, epoch=0)
 
 
 def test_task_batches_in_shards_keep_every_slice_in_its_block():
-    a = datasets.task_batches(24, 8, seed=1, epoch=2, shards=4)  # blocks of 6, slices of 2
+    a = batching.task_batches(24, 8, seed=1, epoch=2, shards=4)  # blocks of 6, slices of 2
     chex.assert_shape(a, (3, 8))
     assert a.dtype == np.int32 and sorted(a.ravel()) == list(range(24))
     for v in range(4):
         assert ((a[:, 2 * v : 2 * v + 2] // 6) == v).all()
-    np.testing.assert_array_equal(a, datasets.task_batches(24, 8, seed=1, epoch=2, shards=4))
-    assert not np.array_equal(a, datasets.task_batches(24, 8, seed=1, epoch=3, shards=4))
+    np.testing.assert_array_equal(a, batching.task_batches(24, 8, seed=1, epoch=2, shards=4))
+    assert not np.array_equal(a, batching.task_batches(24, 8, seed=1, epoch=3, shards=4))
     # One shard is the historical order (resumed runs and published numbers unchanged):
     # literally what the code before task_shards returned.
     np.testing.assert_array_equal(
-        datasets.task_batches(24, 8, 1, 2, shards=1),
+        batching.task_batches(24, 8, 1, 2, shards=1),
         [
             [5, 17, 3, 20, 15, 9, 14, 10],
             [18, 21, 23, 8, 0, 13, 4, 16],
@@ -300,20 +300,20 @@ def test_task_batches_in_shards_keep_every_slice_in_its_block():
         ],
     )
     np.testing.assert_array_equal(
-        datasets.task_batches(10, 3, 1, 0, drop_remainder=False),
+        batching.task_batches(10, 3, 1, 0, drop_remainder=False),
         [[8, 4, 7], [0, 1, 2], [5, 9, 6], [3, 8, 4]],
     )
     # Partial batches are filled up within each block.
-    c = datasets.task_batches(20, 8, seed=0, epoch=0, drop_remainder=False, shards=4)
+    c = batching.task_batches(20, 8, seed=0, epoch=0, drop_remainder=False, shards=4)
     chex.assert_shape(c, (3, 8))
     assert sorted(set(c.ravel())) == list(range(20))
     for v in range(4):
         assert ((c[:, 2 * v : 2 * v + 2] // 5) == v).all()
-    datasets.check_block_local(c[0], 20, 4)
+    batching.check_block_local(c[0], 20, 4)
     with pytest.raises(ValueError, match=r"batch slice 0 of task_shards=4 holds tasks outside"):
-        datasets.check_block_local(c[0][::-1], 20, 4)
+        batching.check_block_local(c[0][::-1], 20, 4)
     with pytest.raises(ValueError, match="shards=5 must be >= 1 and divide num_tasks=24"):
-        datasets.task_batches(24, 8, seed=0, epoch=0, shards=5)
+        batching.task_batches(24, 8, seed=0, epoch=0, shards=5)
 
 
 def test_loading_one_hosts_shard_of_training_tasks(springs_dir):
@@ -340,11 +340,11 @@ def test_loading_one_hosts_shard_of_training_tasks(springs_dir):
 
 
 def test_eval_batches_and_gather(springs_dir):
-    idx, mask = datasets.eval_batches(5, 2)
+    idx, mask = batching.eval_batches(5, 2)
     np.testing.assert_array_equal(idx, [[0, 1], [2, 3], [4, 4]])
     np.testing.assert_array_equal(mask, [[1, 1], [1, 1], [1, 0]])
     split = datasets.load_dataset(springs_dir, "springs").train
-    states, labels = datasets.gather(split, datasets.task_batches(6, 4, seed=0, epoch=0)[0])
+    states, labels = datasets.gather(split, batching.task_batches(6, 4, seed=0, epoch=0)[0])
     chex.assert_shape([states, labels], [(4, 4, 5, 4), (4, 20)])
     with pytest.raises(ValueError, match=r"task indices must be in \[0, 6\)"):
         datasets.gather(split, np.array([0, 6]))

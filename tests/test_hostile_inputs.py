@@ -14,14 +14,15 @@ import shutil
 import subprocess
 
 import numpy as np
+import optax
 import pytest
 from absl import flags as absl_flags
 from absl.testing import parameterized
 from conftest import REPO, cli, flagfile_config
 
-from nri_modular import bouncegrad, distributed, evaluate, structure, train
+from nri_modular import bouncegrad, checkpoints, distributed, evaluate, metrics, structure, train
 from nri_modular import config as config_lib
-from nri_modular.data import datasets
+from nri_modular.data import batching, datasets
 from nri_modular.modules import ModuleBank
 
 # ----------------------------------------------------------------------------------------
@@ -175,7 +176,7 @@ def test_damaged_latest_checkpoint_is_named_and_kept(run_copy, tiny_data_dir, da
         damage(path)
     before = _snapshot(run_copy)
     config = flagfile_config(data_dir=tiny_data_dir)
-    with pytest.raises(train.CheckpointError) as err:
+    with pytest.raises(checkpoints.CheckpointError) as err:
         train.train_and_evaluate(config, run_copy)
     message = str(err.value)
     latest = os.path.join(os.path.abspath(run_copy), "checkpoints", "8")
@@ -184,7 +185,7 @@ def test_damaged_latest_checkpoint_is_named_and_kept(run_copy, tiny_data_dir, da
     assert _snapshot(run_copy) == before
     # The documented fix: the damaged step moved aside, the manager resumes from step 4.
     os.rename(latest, latest + ".damaged")
-    assert train.checkpoint_manager(run_copy, config).latest_step() == 4
+    assert checkpoints.checkpoint_manager(run_copy, config.keep_checkpoints).latest_step() == 4
 
 
 @pytest.mark.parametrize(
@@ -209,7 +210,7 @@ def test_other_shapes_than_checkpoint_without_config_json(run_copy, tiny_data_di
     os.remove(os.path.join(run_copy, "config.json"))
     before = _snapshot(run_copy)
     config = flagfile_config(data_dir=tiny_data_dir, num_modules=3)
-    with pytest.raises(train.CheckpointError, match="holds arrays of other shapes"):
+    with pytest.raises(checkpoints.CheckpointError, match="holds arrays of other shapes"):
         train.train_and_evaluate(config, run_copy)
     assert _snapshot(run_copy) == before
 
@@ -311,7 +312,7 @@ def test_api_zero_tasks():
     bank = ModuleBank(2, (8,), (8,))
     with pytest.raises(ValueError, match="num_tasks must be positive, got 0"):
         bouncegrad.init_train_state(
-            np.zeros(2, np.uint32), bank, train.optax.adam(1e-3), 0, 4, initial_temperature=1.0
+            np.zeros(2, np.uint32), bank, optax.adam(1e-3), 0, 4, initial_temperature=1.0
         )
 
 
@@ -333,14 +334,12 @@ def test_api_prediction_too_few_frames():
 
 def test_api_structures_labels_mismatch():
     with pytest.raises(ValueError, match=r"structures \(2, 12\) and labels \(2, 6\) differ"):
-        evaluate.edge_accuracy(
-            np.zeros((2, 12), np.int32), np.zeros((2, 6), np.int32), np.arange(2)
-        )
+        metrics.edge_accuracy(np.zeros((2, 12), np.int32), np.zeros((2, 6), np.int32), np.arange(2))
 
 
 def test_api_negative_epoch():
     with pytest.raises(ValueError, match="seed and epoch must be non-negative"):
-        datasets.task_batches(40, 10, 0, -1)
+        batching.task_batches(40, 10, 0, -1)
 
 
 def test_catalogue_size():

@@ -1,22 +1,21 @@
 """Data pipeline: JAX simulators of the springs / charged systems and the dataset I/O.
 
 ``physics`` integrates the systems of Kipf et al. (2018) (see ``shared/DATA_SPEC.md``);
-``datasets`` writes and reads the Kipf ``.npy`` layout, normalises states to [-1, 1]
-and batches tasks.
+``datasets`` writes and reads the Kipf ``.npy`` layout and normalises states to [-1, 1];
+``batching`` makes the batches of task indices (training epochs, padded evaluation).
 """
 
+from nri_modular.data.batching import check_block_local, eval_batches, task_batches
 from nri_modular.data.datasets import (
     SPLITS,
     Dataset,
     Normalization,
     Split,
     ensure_dataset,
-    eval_batches,
     file_name,
     gather,
     generate_dataset,
     load_dataset,
-    task_batches,
 )
 from nri_modular.data.physics import (
     SYSTEMS,
@@ -37,6 +36,7 @@ __all__ = [
     "Normalization",
     "Split",
     "SystemConfig",
+    "check_block_local",
     "compile_simulate",
     "ensure_dataset",
     "eval_batches",

@@ -1,0 +1,335 @@
+"""What a run keeps on disk, and the one way to save and load a trained model.
+
+* A training run's folder (``--workdir``): :func:`prepare_workdir` creates it and writes
+  (or, when resuming, checks) ``config.json``; :func:`checkpoint_manager` keeps Orbax
+  checkpoints of the whole ``TrainState`` in ``<workdir>/checkpoints`` and
+  :func:`restore_checkpoint` reads one back or fails naming it (:class:`CheckpointError`).
+  :class:`StopRequest` turns SIGTERM (preemption) into a checkpoint at the next step
+  boundary and :class:`Preempted` (exit code 0).
+* A trained model (parameters plus what they were trained with): :func:`save_model` and
+  :func:`load_model`, an Orbax pytree in ``<dir>/params`` beside ``<dir>/model.json``.
+* :func:`write_json_atomic`: every JSON file written whole or not at all.
+
+Nothing here deletes a checkpoint or a model (Orbax's keep-the-last-N rotation aside).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import threading
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+from nri_modular import distributed
+from nri_modular.config import Config
+
+# Fields that change the shapes in a checkpoint: resuming with other values is an error.
+STATE_FIELDS = (
+    "system",
+    "num_particles",
+    "num_train",
+    "num_modules",
+    "edge_hidden",
+    "node_hidden",
+    "proposal",
+    "test_proposal",
+    "proposal_hidden",
+    "task_shards",  # the data order (not a shape): another value would not resume exactly
+)
+
+MODEL_META = "model.json"
+MODEL_PARAMS = "params"
+
+
+def write_json_atomic(path: str, obj: Any, indent: int = 2) -> None:
+    """Writes ``obj`` as JSON to ``path`` through a temporary file and a rename.
+
+    A reader (or a rerun after a kill) sees the old file or the new one, never half of one.
+    """
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=indent)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# ---------------------------------------------------------------------------------------
+# The run's folder.
+
+
+def config_json(config: Config) -> dict:
+    """The config as a JSON object (tuples as lists)."""
+    return {
+        k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()
+    }
+
+
+def _check_workdir_config(workdir: str, config: Config) -> None:
+    """Writes ``config.json``, or checks a resumed run's checkpoint shapes still fit."""
+    path = os.path.join(workdir, "config.json")
+    current = config_json(config)
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(
+                f"{path} is unreadable ({type(e).__name__}: {e}); it records the run's shapes. "
+                "Restore it, or use another --workdir"
+            ) from e
+        if not isinstance(saved, dict):
+            raise ValueError(f"{path} does not hold a JSON object; use another --workdir")
+        defaults = config_json(Config())  # fields added since the run was started
+        diff = {
+            k: (saved.get(k, defaults[k]), current[k])
+            for k in STATE_FIELDS
+            if saved.get(k, defaults[k]) != current[k]
+        }
+        if diff:
+            raise ValueError(
+                f"workdir {workdir!r} holds a run with different "
+                + ", ".join(f"{k} (checkpoint {a!r}, now {b!r})" for k, (a, b) in diff.items())
+                + "; use another --workdir"
+            )
+    write_json_atomic(path, current)
+
+
+def prepare_workdir(workdir: str, config: Config) -> None:
+    """Creates ``workdir`` (its parent must exist) and writes or checks its ``config.json``.
+
+    Raises:
+      ValueError: no workdir, or it holds a run whose checkpoint shapes differ.
+      FileNotFoundError, NotADirectoryError: a missing parent, or a file in the way.
+    """
+    if not workdir:
+        raise ValueError("workdir must be given (--workdir)")
+    parent = os.path.dirname(os.path.abspath(workdir))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"parent directory of workdir {workdir!r} does not exist: {parent}")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise NotADirectoryError(f"workdir {workdir!r} exists and is not a directory")
+    if distributed.is_primary():
+        os.makedirs(workdir, exist_ok=True)
+        _check_workdir_config(workdir, config)
+    distributed.sync("workdir")
+
+
+# ---------------------------------------------------------------------------------------
+# Training checkpoints and preemption.
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint in the workdir cannot be used (damaged, or written by another setup)."""
+
+
+class Preempted(SystemExit):
+    """Raised after SIGTERM once the state is checkpointed; exits the process with code 0."""
+
+    def __init__(self, step: int):
+        super().__init__(0)
+        self.step = step
+
+
+def checkpoint_manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
+    """Orbax manager of ``<workdir>/checkpoints`` keeping the last ``max_to_keep``.
+
+    Saves are asynchronous (the device->host copy blocks, the write does not) and atomic
+    (written to a temporary directory, renamed when complete: a killed save leaves no
+    half-checkpoint that could be restored). Multi-host aware: every process writes its
+    shards, process 0 the metadata.
+
+    Raises:
+      CheckpointError: the directory cannot be opened (nothing is deleted).
+    """
+    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    try:
+        return ocp.CheckpointManager(
+            directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        )
+    except Exception as e:  # noqa: BLE001 - re-raised with the path and the fix
+        raise CheckpointError(
+            f"cannot open the checkpoint directory {directory}: {type(e).__name__}: {e}. "
+            "Nothing was deleted; repair or move it aside, or use another --workdir"
+        ) from e
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, step: int, state, force: bool = False):
+    """Starts saving ``state`` as checkpoint ``step`` (asynchronous; see the manager)."""
+    manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+
+def restore_checkpoint(manager: ocp.CheckpointManager, step: int, target):
+    """Restores checkpoint ``step`` into ``target`` (shapes, dtypes, shardings).
+
+    Never falls back silently and never deletes anything: a damaged latest checkpoint is
+    an error naming its path, the intact earlier steps and how to resume from them
+    (move the damaged directory aside).
+
+    Raises:
+      CheckpointError: unreadable checkpoint or shapes that differ from ``target``.
+    """
+    path = os.path.join(str(manager.directory), str(step))
+    earlier = [s for s in manager.all_steps() if s < step]
+    try:
+        return manager.restore(step, args=ocp.args.StandardRestore(target))
+    except Exception as e:  # noqa: BLE001 - re-raised with the path and the fix
+        detail = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if "not compatible with the stored shape" in str(e):
+            raise CheckpointError(
+                f"checkpoint {path} holds arrays of other shapes than this run ({detail}); "
+                "it was written with other sizes (num_particles, num_train, num_modules, "
+                "hidden sizes, proposal): use another --workdir or the original flags"
+            ) from e
+        fix = (
+            f"to resume from step {earlier[-1]}, move it aside: mv {path} {path}.damaged"
+            if earlier
+            else "no earlier checkpoint exists: use another --workdir to start afresh"
+        )
+        raise CheckpointError(
+            f"checkpoint {path} (step {step}) is damaged or truncated and cannot be restored "
+            f"({detail}); intact earlier steps: {earlier}; {fix}. Nothing was deleted."
+        ) from e
+
+
+class StopRequest:
+    """SIGTERM (preemption) sets ``requested``; the loop checkpoints and stops.
+
+    A context manager: installs the handler on entry (main thread only), restores the
+    previous one on exit.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        self._installed = False
+
+    def _handler(self, signum, frame):
+        del frame
+        logging.warning("signal %d: checkpointing at the next step boundary, then exiting", signum)
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc):
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous)
+        return False
+
+
+# ---------------------------------------------------------------------------------------
+# Trained models.
+
+
+def save_model(directory: str, params, meta: dict, overwrite: bool = False) -> None:
+    """Saves a trained model: the ``params`` pytree (Orbax) and ``meta`` (JSON) beside it.
+
+    The folder appears whole or not at all: everything is written to a temporary sibling
+    folder, then renamed to ``directory``. An existing ``directory`` is an error unless
+    ``overwrite`` (then it is replaced by the complete new one, never left half-written).
+    Single-process: for models a script trains and caches, not for sharded train states
+    (those are checkpoints, :func:`checkpoint_manager`).
+
+    Args:
+      directory: the model's folder (its parent is created).
+      params: a pytree of arrays (numpy or JAX); ``None`` leaves are kept.
+      meta: JSON-serialisable settings the model was trained with (what a later load
+        compares to know the model fits).
+
+    Raises:
+      FileExistsError: ``directory`` exists and ``overwrite`` is false.
+      TypeError: ``meta`` is not a JSON-serialisable dict.
+    """
+    directory = os.path.abspath(directory)
+    if not isinstance(meta, dict):
+        raise TypeError(f"model meta must be a dict, got {type(meta).__name__}")
+    try:
+        meta_text = json.dumps(meta, indent=2)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"model meta for {directory} is not JSON-serialisable: {e}") from e
+    if os.path.exists(directory) and not overwrite:
+        raise FileExistsError(
+            f"{directory} exists; a saved model is never overwritten silently: load it, "
+            "delete it, or save elsewhere (or pass overwrite=True)"
+        )
+    os.makedirs(os.path.dirname(directory), exist_ok=True)
+    tmp = f"{directory}.tmp{os.getpid()}"
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    os.makedirs(tmp)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(tmp, MODEL_PARAMS), params)
+    checkpointer.wait_until_finished()
+    with open(os.path.join(tmp, MODEL_META), "w", encoding="utf-8") as f:
+        f.write(meta_text)
+    if os.path.exists(directory):  # overwrite: the old folder goes only once the new is whole
+        old = f"{directory}.old{os.getpid()}"
+        os.rename(directory, old)
+        os.rename(tmp, directory)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, directory)
+
+
+def load_model(directory: str, target=None) -> tuple[Any, dict]:
+    """Loads a model written by :func:`save_model`.
+
+    Args:
+      directory: the model's folder.
+      target: optional pytree of arrays or ``jax.ShapeDtypeStruct`` giving the exact
+        structure, shapes and dtypes to restore into (an error if they differ); without
+        it the saved structure is restored (dicts and lists; JAX arrays).
+
+    Returns:
+      ``(params, meta)``.
+
+    Raises:
+      FileNotFoundError: no such folder.
+      ValueError: the folder is not a saved model (no or unreadable ``model.json``, no
+        parameters), or its parameters cannot be restored (into ``target``).
+    """
+    directory = os.path.abspath(directory)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no saved model at {directory} (not a directory)")
+    meta_path = os.path.join(directory, MODEL_META)
+    params_path = os.path.join(directory, MODEL_PARAMS)
+    if not os.path.isfile(meta_path) or not os.path.isdir(params_path):
+        raise ValueError(
+            f"{directory} is not a saved model: it needs {MODEL_META} and {MODEL_PARAMS}/ "
+            "(written by nri_modular.checkpoints.save_model)"
+        )
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{meta_path} is unreadable ({type(e).__name__}: {e})") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path} does not hold a JSON object")
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+        if target is None:
+            params = checkpointer.restore(params_path)
+        else:
+            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+            params = checkpointer.restore(params_path, abstract)
+    except Exception as e:  # noqa: BLE001 - re-raised with the path
+        raise ValueError(
+            f"cannot restore the parameters in {params_path} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); the folder is damaged or holds "
+            "another model's shapes"
+        ) from e
+    return params, meta

@@ -1,0 +1,101 @@
+"""Every text the program prints for people: results tables and the training progress line.
+
+Functions here only format (dict in, string out); they read results, never compute them.
+"""
+
+from __future__ import annotations
+
+
+def format_run_results(results: dict) -> str:
+    """A meta-training run's results table (edge accuracy, MSE at 1/10/20 steps), Markdown.
+
+    Args:
+      results: the dict :func:`nri_modular.train.train_and_evaluate` returns (and writes
+        to ``results.json``).
+    """
+    lines = [
+        f"{results['system']}: {results['num_test_tasks']} test tasks, "
+        f"{results['num_train_tasks']} training tasks, {results['wall_seconds']:.0f} s wall",
+        "| metric | value |",
+        "|---|---|",
+        f"| edge accuracy (test) | {100 * results['edge_accuracy']:.2f}% |",
+        f"| edge accuracy (train structures) | {100 * results['train_edge_accuracy']:.2f}% |",
+    ]
+    for k in (1, 10, 20):
+        value = results[f"mse_{k}"]
+        lines.append(
+            f"| MSE {k} step{'s' if k > 1 else ''} | "
+            + (f"{value:.3e} |" if value is not None else "n/a (horizon too short) |")
+        )
+    return "\n".join(lines)
+
+
+def format_train_progress(record: dict, total_steps: int) -> str:
+    """One training log line from a metric record (the mean over the last logged steps)."""
+    return (
+        f"epoch {record['epoch']:.2f} step {record['step']}/{total_steps} | "
+        f"loss {record['loss']:.3e} | accept {record['accept_rate']:.2f} "
+        f"worse-accept {record['worse_accept_rate']:.2f} "
+        f"(target {record['target_worse_rate']:.3f}) T {record['temperature']:.2e} | "
+        f"train edge acc {record['edge_accuracy']:.4f} | "
+        f"{record['tasks_per_second']:.0f} tasks/s"
+    )
+
+
+def format_hidden_node_results(results: dict) -> str:
+    """The hidden-particle experiment's results table, Markdown.
+
+    Args:
+      results: the dict :func:`nri_modular.hidden_node_experiment.run_experiment` returns
+        (and writes to ``results.json``).
+    """
+    r = results
+    lines = [
+        f"hidden particle ({r['hidden']}) in {r['num_systems']} springs test systems, "
+        f"{r['obs_frames']} observed frames, {r['wall_seconds']:.0f} s wall "
+        f"(inference {r['infer_seconds']:.0f} s, training {r['train_seconds']:.0f} s)",
+        "| metric | ours | paper |",
+        "|---|---|---|",
+        f"| hidden-particle MSE (true edges) | {r['hidden_mse']:.3e} | "
+        f"{r['paper_hidden_mse']:.2e} |",
+        f"| ... median over systems | {r['hidden_mse_median']:.3e} | |",
+    ]
+    if "hidden_mse_from_true_initial" in r:
+        lines.append(
+            f"| rollout from the TRUE initial state (model floor) | "
+            f"{r['hidden_mse_from_true_initial']:.3e} | |"
+        )
+    unconnected = r["num_systems"] - r["num_connected"]
+    if r.get("hidden_mse_connected") is not None:
+        lines.append(
+            f"| ... hidden particle with >= 1 spring ({r['num_connected']}) | "
+            f"{r['hidden_mse_connected']:.3e} | |"
+        )
+    if r.get("hidden_mse_unconnected") is not None:
+        lines.append(
+            f"| ... hidden particle with no spring ({unconnected}) | "
+            f"{r['hidden_mse_unconnected']:.3e} | |"
+        )
+    if r.get("free_particle_floor") is not None and unconnected:
+        floor = r["free_particle_floor"]
+        lines.append(
+            f"| ... lowest possible there (free particles' per-frame variance) | {floor:.3e} | |"
+        )
+        lines.append(
+            f"| lowest possible mean over all {r['num_systems']} systems "
+            f"({unconnected} x that / {r['num_systems']}) | "
+            f"{unconnected * floor / r['num_systems']:.3e} | |"
+        )
+    if "existence_accuracy" in r:
+        per_class = r["existence_num_per_class"]
+        lines += [
+            f"| hidden-particle MSE (edges searched) | {r['hidden_mse_unknown_edges']:.3e} | |",
+            f"| existence test accuracy ({per_class} + {per_class}) | "
+            f"{100 * r['existence_accuracy']:.1f}% | |",
+            f"| ... detected when present / when connected | "
+            f"{100 * r['existence_detection_rate']:.1f}% / "
+            f"{100 * r['existence_detection_rate_connected']:.1f}% | |",
+            f"| ... false alarms when absent | {100 * r['existence_false_alarm_rate']:.1f}% | |",
+        ]
+    lines.append(f"figure: {r['figure']}")
+    return "\n".join(lines)

@@ -1,0 +1,90 @@
+"""Metric writers: one record of scalars per logged training step.
+
+``<workdir>/metrics.jsonl`` always (one JSON object per line, ``step`` included; the file
+tables and plots read), and TensorBoard event files in ``<workdir>/tensorboard`` when the
+run asks for them (``--tensorboard``; needs the optional extra: ``pip install
+'.[tensorboard]'``, which brings ``tensorboardX``: it writes event files with protobuf
+alone, no TensorFlow).
+
+A resumed run first drops the lines logged after the checkpoint it resumes from (those
+steps are redone), so the file ends up as an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def truncate_metrics(path: str, last_step: int) -> None:
+    """Drops the lines of ``path`` logged after ``last_step`` (no file: nothing to do)."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= last_step]
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(lines)
+
+
+def _tensorboard_writer(logdir: str):
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError as e:
+        raise ImportError(
+            "--tensorboard needs the optional extra [tensorboard] (tensorboardX): "
+            "pip install -e '.[tensorboard]'"
+        ) from e
+    return SummaryWriter(logdir)
+
+
+class MetricWriter:
+    """Appends scalar records to ``<workdir>/metrics.jsonl`` (and TensorBoard when asked).
+
+    A context manager (closes its files on exit).
+
+    Args:
+      workdir: the run's folder (exists).
+      resume_step: the checkpoint step a resumed run starts from (later lines are
+        dropped), or ``None`` for a fresh run.
+      tensorboard: also write TensorBoard event files to ``<workdir>/tensorboard``.
+
+    Raises:
+      ImportError: ``tensorboard`` without the ``[tensorboard]`` extra installed.
+    """
+
+    def __init__(self, workdir: str, resume_step: int | None = None, tensorboard: bool = False):
+        self.path = os.path.join(workdir, METRICS_FILE)
+        self._tensorboard = (
+            _tensorboard_writer(os.path.join(workdir, TENSORBOARD_DIR)) if tensorboard else None
+        )
+        if resume_step is not None:
+            truncate_metrics(self.path, resume_step)
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: dict) -> None:
+        """Writes one record (a dict of floats holding ``step``) and flushes it."""
+        if "step" not in record:
+            raise ValueError(f"a metric record needs its 'step', got keys {sorted(record)}")
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._tensorboard is not None:
+            step = int(record["step"])
+            for name, value in record.items():
+                if name != "step" and value is not None:
+                    self._tensorboard.add_scalar(name, value, step)
+            self._tensorboard.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+
+    def __enter__(self) -> MetricWriter:
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
