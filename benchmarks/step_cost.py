@@ -3,7 +3,7 @@ r"""Per-device memory, FLOPs and communication of the compiled BounceGrad step.
 Lowers and compiles the sharded step of ``train.build`` for 1, 4 and 8 (simulated) CPU
 devices without allocating any array, and prints per device: argument bytes (state +
 batch), temporary bytes, GFLOP (``cost_analysis``) and the collectives in the optimised
-HLO (``distributed.compiled_stats``), for each ``--edge_compute`` and ``--task_shards``
+HLO (``hlo.compiled_stats``, beside this script), for each ``--edge_compute`` and ``--task_shards``
 setting, side by side; then what a whole epoch needs.
 
 A weak-scaling plot from simulated devices on 2 cores would measure nothing; these are
@@ -40,6 +40,7 @@ if __name__ == "__main__":
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
+from hlo import compiled_stats  # noqa: E402  (benchmarks/hlo.py)
 
 from nri_modular import distributed, train  # noqa: E402
 from nri_modular.config import Config  # noqa: E402
@@ -56,7 +57,7 @@ FLAGS = flags.FLAGS
 
 
 def step_stats(config: Config, num_devices: int) -> dict:
-    """``distributed.compiled_stats`` of the sharded step on ``num_devices`` devices."""
+    """``hlo.compiled_stats`` of the sharded step on ``num_devices`` devices."""
     if num_devices > jax.device_count():
         raise ValueError(
             f"--devices asks for {num_devices} devices but only {jax.device_count()} exist "
@@ -66,7 +67,7 @@ def step_stats(config: Config, num_devices: int) -> dict:
     sample = np.zeros((1, config.obs_frames, config.num_particles, 4), np.float32)
     setup = train.build(config, mesh, sample)
     compiled = setup.step_fn.lower(setup.abstract_state, setup.abstract_batch).compile()
-    return distributed.compiled_stats(compiled)
+    return compiled_stats(compiled)
 
 
 def _mb(b: float) -> str:

@@ -3,12 +3,12 @@ r"""Meta-test structure search: the 2018 loop vs batched SA vs learned / exact b
   python benchmarks/structure_search.py --quick --out=runs/structure_search_quick.json
   python benchmarks/structure_search.py --out=runs/structure_search.json   # 1,000 tasks each
 
-With the same trained modules (trained once on the TRUE training structures with
-``make_bouncegrad_step`` and ``sa_steps=0``; the proposal network is trained in the same
-compiled step through its BounceGrad hook, targets = those structures; both saved to
-``--cache_dir`` and reused) and the same test tasks (first ``--obs_frames`` frames
-observed), it measures for each method the wall time to reach 99% of its own final edge
-accuracy, and the final accuracy:
+With the same trained modules (trained once on the TRUE training structures by
+:func:`nri_modular.baselines.true_edges.train_true_edges`, the proposal network trained in
+the same compiled step with those structures as targets; both saved with
+:func:`nri_modular.checkpoints.save_model` under ``--cache_dir`` and reused) and the same
+test tasks (first ``--obs_frames`` frames observed), it measures for each method the wall
+time to reach 99% of its own final edge accuracy, and the final accuracy:
 
   (a) the 2018 way: one task at a time, uniform single-edge proposals, a Python loop over
       tasks and steps calling a jitted one-task SA step. Run on ``--loop_tasks`` tasks;
@@ -19,7 +19,8 @@ accuracy, and the final accuracy:
   (d) batched, initialised from the exact one-step optimum, then exact local blocked
       moves mixed with uniform moves (``--exact_uniform_mix``).
 
-Every method runs ``--sa_steps`` steps with the same geometric temperature schedule, in
+Every method runs ``--test_sa_steps`` steps with the same geometric temperature schedule
+(``--test_t_start`` to ``--test_t_end``), in
 chunks of ``--chunk`` steps; accuracy is recorded after initialisation (step 0: the
 initial structures, random / the proposal's argmax / the exact one-step optimum) and after
 every chunk, with a timestamp taken after ``block_until_ready``. Evaluating the initial
@@ -31,72 +32,119 @@ relation type k. Besides each method's own 99% time, ``seconds_to_a_level`` is i
 to reach 99% of (a)'s final accuracy ("to the same accuracy").
 
 ``--meta_train_compare`` additionally meta-trains from scratch on springs twice (same seed,
-same step budget), proposal off (uniform SA) vs on (blocked Gibbs + proposal trained in
-the step), and prints the wall time to reach 99% training-structure accuracy.
+same step budget ``--meta_train_steps``, ``--sa_steps`` annealing steps per task visit),
+proposal off (uniform SA) vs on (blocked Gibbs mixed with ``--uniform_mix`` uniform moves,
+proposal trained in the step), and prints the wall time to reach 99% training-structure
+accuracy.
+
+Settings that are :class:`nri_modular.config.Config` fields are its flags (``--num_train``,
+``--edge_hidden``, ``--batch_size``, ``--num_epochs``, ``--learning_rate``,
+``--test_sa_steps``, ``--test_batch_size``, ...; see ``CONFIG_FLAGS``), with this
+benchmark's defaults; the other flags are the benchmark's own. A Config flag it does not
+use is an error, and so is an old flag name (e.g. ``--hidden``), naming the new one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
 
-import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app, flags
 
-from nri_modular import annealing, bouncegrad, gnn, proposal_net
+from nri_modular import annealing, bouncegrad, checkpoints, gnn, proposal_net
+from nri_modular import config as config_lib
+from nri_modular import metrics as metrics_lib
 from nri_modular import structure as structure_lib
-from nri_modular.data import datasets
+from nri_modular.baselines import true_edges
+from nri_modular.data import Split, ensure_dataset, task_batches
 from nri_modular.modules import ModuleBank
+
+config_lib.define_flags(flags)
+FLAGS = flags.FLAGS
+# Config fields this benchmark reads, and its defaults where they differ from Config's.
+CONFIG_FLAGS = (
+    "data_dir",
+    "num_particles",
+    "num_train",
+    "num_valid",
+    "num_test",
+    "data_seed",
+    "num_modules",
+    "edge_hidden",
+    "node_hidden",
+    "seed",
+    "batch_size",
+    "num_epochs",
+    "learning_rate",
+    "p",
+    "sa_steps",
+    "uniform_mix",
+    "exact_stride",
+    "proposal_hidden",
+    "proposal_learning_rate",
+    "test_sa_steps",
+    "test_t_start",
+    "test_t_end",
+    "test_batch_size",
+    "obs_frames",
+)
+DEFAULTS = {
+    "learning_rate": 2e-3,
+    "sa_steps": 5,  # meta-training only (--meta_train_compare)
+    "exact_stride": 4,  # (d) scores every 4th observed transition: no accuracy lost
+}
+# Settings whose default depends on --quick: (full, quick). num_epochs: 75 x 40 = 3,000
+# true-edges training steps with the default 2,000 tasks and batches of 50 (quick: 800).
+QUICK_DEFAULTS = {"num_epochs": (75, 20), "test_sa_steps": (400, 200)}
+for _name, _value in DEFAULTS.items():
+    FLAGS.set_default(_name, _value)
+for _name, (_full, _quick) in QUICK_DEFAULTS.items():
+    FLAGS.set_default(_name, _full)
+# Old flags of this benchmark -> the Config flag that replaces them.
+RENAMED_FLAGS = {
+    "hidden": "--edge_hidden and --node_hidden (comma lists: --hidden=64 is 64,64,64)",
+    "train_steps": "--num_epochs (steps = num_epochs * num_train // batch_size)",
+    "train_batch": "--batch_size",
+    "search_batch": "--test_batch_size",
+    "t_start": "--test_t_start",
+    "t_end": "--test_t_end",
+    "meta_sa_steps": "--sa_steps",
+}
+# Config flags only meta-training reads: without --meta_train_compare they are an error.
+META_TRAIN_ONLY = {
+    "sa_steps": "the search's steps are --test_sa_steps (this benchmark's old --sa_steps)",
+    "uniform_mix": "the uniform-move probabilities of the searches are --gibbs_uniform_mix "
+    "and --exact_uniform_mix",
+}
+for _old, _new in RENAMED_FLAGS.items():
+    flags.DEFINE_string(_old, None, f"Renamed: use {_new}.")
 
 _QUICK = flags.DEFINE_bool("quick", False, "Fewer tasks and steps (minutes on 2 CPU cores).")
 _OUT = flags.DEFINE_string("out", None, "Write the results JSON here.")
 _SYSTEMS = flags.DEFINE_list("systems", ["springs", "charged"], "Systems to benchmark.")
-_DATA_DIR = flags.DEFINE_string("data_dir", "data", "Dataset cache (ensure_dataset).")
 _CACHE_DIR = flags.DEFINE_string(
     "cache_dir", "runs/structure_search_cache", "Trained modules + proposal cache."
 )
-_NUM_TRAIN = flags.DEFINE_integer("num_train", 2000, "Training tasks (dataset size).")
-_NUM_VALID = flags.DEFINE_integer("num_valid", 100, "Validation tasks (dataset size).")
-_NUM_TEST = flags.DEFINE_integer("num_test", 1000, "Test tasks (dataset size).")
-_DATA_SEED = flags.DEFINE_integer("data_seed", 42, "Dataset seed.")
 _NUM_TASKS = flags.DEFINE_integer("num_tasks", None, "Test tasks searched (1000; quick 200).")
 _LOOP_TASKS = flags.DEFINE_integer("loop_tasks", None, "Tasks run by method (a) (100; quick 50).")
-_SA_STEPS = flags.DEFINE_integer("sa_steps", None, "SA steps per task (400; quick 200).")
 _CHUNK = flags.DEFINE_integer("chunk", 10, "Steps per timed chunk.")
-_SEARCH_BATCH = flags.DEFINE_integer("search_batch", 250, "Tasks per batched scan.")
-_T_START = flags.DEFINE_float("t_start", 1e-5, "Initial SA temperature.")
-_T_END = flags.DEFINE_float("t_end", 1e-8, "Final SA temperature.")
 _GIBBS_MIX = flags.DEFINE_float("gibbs_uniform_mix", 0.1, "Uniform-move probability in (c).")
 _EXACT_MIX = flags.DEFINE_float("exact_uniform_mix", 0.5, "Uniform-move probability in (d).")
-_EXACT_STRIDE = flags.DEFINE_integer(
-    "exact_stride", 4, "(d) scores every k-th observed transition (1 = all; 4 loses no accuracy)."
-)
-_OBS_FRAMES = flags.DEFINE_integer("obs_frames", 49, "Observed frames of a test task.")
-_P = flags.DEFINE_integer("p", 10, "Rollout length of the energy.")
-_HIDDEN = flags.DEFINE_integer("hidden", 64, "Edge/node module width (3 layers).")
-_PROPOSAL_HIDDEN = flags.DEFINE_integer("proposal_hidden", 64, "Proposal network width.")
-_TRAIN_STEPS = flags.DEFINE_integer(
-    "train_steps", None, "Module + proposal training steps on the true graph (3000; quick 800)."
-)
-_TRAIN_BATCH = flags.DEFINE_integer("train_batch", 50, "Training tasks per step.")
-_LR = flags.DEFINE_float("learning_rate", 2e-3, "Module learning rate.")
-_PROPOSAL_LR = flags.DEFINE_float("proposal_learning_rate", 1e-3, "Proposal learning rate.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of training and search.")
 _TRAIN_ONLY = flags.DEFINE_bool("train_only", False, "Only train (or load) and cache the models.")
 _META_COMPARE = flags.DEFINE_bool(
     "meta_train_compare", False, "Also time meta-training (springs) with proposal on vs off."
 )
 _META_STEPS = flags.DEFINE_integer("meta_train_steps", 3000, "Meta-training step budget.")
-_META_SA_STEPS = flags.DEFINE_integer("meta_sa_steps", 5, "SA steps per meta-training step.")
 _META_EVAL_EVERY = flags.DEFINE_integer("meta_eval_every", 50, "Accuracy check interval.")
 
-NUM_MODULES = 2  # Both systems have two relation types.
+NUM_TYPES = 2  # Relation types of both systems (spring / none; attract / repel).
 METHODS = ("a", "b", "c", "d")
 DESCRIPTIONS = {
     "a": "2018: per-task loop, uniform",
@@ -117,12 +165,51 @@ def _setting(flag, full, quick):
     return quick if _QUICK.value else full
 
 
-def _train_steps() -> int:
-    return _setting(_TRAIN_STEPS, 3000, 800)
+def benchmark_config() -> config_lib.Config:
+    """The :class:`Config` of the parsed flags (``--quick`` defaults applied).
+
+    Raises:
+      app.UsageError: an old flag name, or a Config flag this benchmark does not read.
+    """
+    for old, new in RENAMED_FLAGS.items():
+        if FLAGS[old].present:
+            raise app.UsageError(f"--{old} was renamed: use {new}")
+    unused = [
+        f"--{f.name}"
+        for f in dataclasses.fields(config_lib.Config)
+        if f.name not in CONFIG_FLAGS and FLAGS[f.name].present
+    ]
+    if FLAGS["workdir"].present:
+        unused.append("--workdir (models are cached in --cache_dir)")
+    if unused:
+        raise app.UsageError(
+            f"not read by this benchmark: {', '.join(unused)} (it reads --systems and the "
+            f"Config flags {', '.join('--' + n for n in CONFIG_FLAGS)})"
+        )
+    for name, note in META_TRAIN_ONLY.items():
+        if FLAGS[name].present and not _META_COMPARE.value:
+            raise app.UsageError(f"--{name} is only read by --meta_train_compare; {note}")
+    if _QUICK.value:
+        for name, (_, quick) in QUICK_DEFAULTS.items():
+            if not FLAGS[name].present:
+                FLAGS[name].value = quick
+    return config_lib.config_from_flags(FLAGS)
 
 
 def _sync(tree):
     return jax.block_until_ready(tree)
+
+
+def _load_data(system: str, config: config_lib.Config):
+    return ensure_dataset(
+        config.data_dir,
+        system,
+        num_train=config.num_train,
+        num_valid=config.num_valid,
+        num_test=config.num_test,
+        seed=config.data_seed,
+        num_particles=config.num_particles,
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -140,85 +227,87 @@ class Trained:
     from_cache: bool
 
 
-def _cache_path(system: str) -> str:
-    name = (
-        f"{system}_n5_K{NUM_MODULES}_h{_HIDDEN.value}_ph{_PROPOSAL_HIDDEN.value}"
-        f"_steps{_train_steps()}_b{_TRAIN_BATCH.value}_lr{_LR.value:g}"
-        f"_plr{_PROPOSAL_LR.value:g}_p{_P.value}_seed{_SEED.value}"
-        f"_data{_NUM_TRAIN.value}-{_DATA_SEED.value}.msgpack"
-    )
-    return os.path.join(_CACHE_DIR.value, name)
+def _train_steps(config: config_lib.Config) -> int:
+    return config.num_epochs * (config.num_train // config.batch_size)
 
 
-def train_or_load(system: str, train: datasets.Split) -> Trained:
+def model_meta(system: str, config: config_lib.Config) -> dict:
+    """What the cached modules + proposal were trained with (their cache key)."""
+    return {
+        "system": system,
+        "num_particles": config.num_particles,
+        "num_modules": config.num_modules,
+        "edge_hidden": list(config.edge_hidden),
+        "node_hidden": list(config.node_hidden),
+        "proposal_hidden": config.proposal_hidden,
+        "train_steps": _train_steps(config),
+        "batch_size": config.batch_size,
+        "learning_rate": config.learning_rate,
+        "proposal_learning_rate": config.proposal_learning_rate,
+        "p": config.p,
+        "seed": config.seed,
+        "obs_frames": config.obs_frames,
+        "num_train": config.num_train,
+        "data_seed": config.data_seed,
+    }
+
+
+def _cache_path(meta: dict) -> str:
+    """``<cache_dir>/<system>_<hash of the settings>`` (a checkpoints.save_model folder)."""
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:12]
+    return os.path.join(_CACHE_DIR.value, f"{meta['system']}_{digest}")
+
+
+def train_or_load(system: str, train: Split, config: config_lib.Config) -> Trained:
     """Modules and proposal trained on the true training structures (or the cached ones)."""
     n = train.num_particles
-    hidden = (_HIDDEN.value,) * 3
-    bank = ModuleBank(NUM_MODULES, hidden, hidden)
-    init_fn, apply_fn = proposal_net.make_proposal_network(NUM_MODULES, n, _PROPOSAL_HIDDEN.value)
-    optimizer = optax.adam(_LR.value)
-    p_optimizer = optax.adam(_PROPOSAL_LR.value)
-    key = jax.random.PRNGKey(_SEED.value)
-    example = jnp.asarray(train.states[:1, : _OBS_FRAMES.value])
-    state = bouncegrad.init_train_state(
-        key,
-        bank,
-        optimizer,
-        train.num_tasks,
-        n,
-        proposal_params=init_fn(jax.random.fold_in(key, 1), example),
-        proposal_optimizer=p_optimizer,
+    if train.num_frames != config.obs_frames:
+        raise ValueError(
+            f"the proposal network reads obs_frames={config.obs_frames} frames but the "
+            f"training trajectories have {train.num_frames}"
+        )
+    bank = ModuleBank(config.num_modules, config.edge_hidden, config.node_hidden)
+    init_fn, apply_fn = proposal_net.make_proposal_network(
+        config.num_modules, n, config.proposal_hidden
     )
-    path = _cache_path(system)
-    template = {"params": state.params, "proposal_params": state.proposal_params}
+    key = jax.random.PRNGKey(config.seed)
+    example = jnp.asarray(train.states[:1, : config.obs_frames])
+    proposal_init = init_fn(jax.random.fold_in(key, 1), example)
+    meta = model_meta(system, config)
+    path = _cache_path(meta)
     if os.path.exists(path):
-        with open(path, "rb") as f:
-            restored = flax.serialization.from_bytes(template, f.read())
+        template = {
+            "params": jax.eval_shape(bank.init, key),
+            "proposal_params": proposal_init,
+        }
+        restored, saved = checkpoints.load_model(path, target=template)
+        if saved != meta:
+            raise ValueError(f"{path} holds a model trained with {saved}, not {meta}")
         print(f"[{system}] loaded trained modules + proposal from {path}")
         return Trained(
             bank, restored["params"], restored["proposal_params"], apply_fn, 0.0, path, True
         )
 
     print(f"[{system}] training modules + proposal on the true structures: {path}")
-    config = bouncegrad.BounceGradConfig(p=_P.value, sa_steps=0, proposal="uniform")
-    step_fn = jax.jit(
-        bouncegrad.make_bouncegrad_step(bank, optimizer, config, n, apply_fn, p_optimizer),
-        donate_argnums=(0,),
-    )
-    state = state.replace(structures=jnp.asarray(train.labels))
-    batch_size = _TRAIN_BATCH.value
-    per_epoch = train.num_tasks // batch_size
-    num_steps = _train_steps()
     start = time.perf_counter()
-    window = []
-    for step in range(num_steps):
-        epoch, offset = divmod(step, per_epoch)
-        ids = datasets.task_batches(train.num_tasks, batch_size, _SEED.value, epoch)[offset]
-        batch = bouncegrad.Batch(
-            task_ids=jnp.asarray(ids),
-            states=jnp.asarray(train.states[ids]),
-            labels=jnp.asarray(train.labels[ids]),
-        )
-        state, metrics = step_fn(state, batch)
-        window.append(metrics)
-        if (step + 1) % 200 == 0 or step + 1 == num_steps:
-            m = jax.device_get(window)
-            print(
-                f"[{system}] train step {step + 1}/{num_steps}: "
-                f"loss {np.mean([x['loss'] for x in m]):.3e}, proposal xent "
-                f"{np.mean([x['proposal_loss'] for x in m]):.4f} "
-                f"({time.perf_counter() - start:.0f} s, {_load_avg()})",
-                flush=True,
-            )
-            window = []
+    params, proposal_params = true_edges.train_true_edges(
+        bank,
+        optax.adam(config.learning_rate),
+        train,
+        num_steps=_train_steps(config),
+        batch_size=config.batch_size,
+        p=config.p,
+        seed=config.seed,
+        proposal=true_edges.ProposalTraining(
+            apply_fn, proposal_init, optax.adam(config.proposal_learning_rate)
+        ),
+        log=lambda line: print(f"[{system}] {line} ({_load_avg()})", flush=True),
+    )
     train_seconds = time.perf_counter() - start
-    os.makedirs(_CACHE_DIR.value, exist_ok=True)
-    out = {"params": state.params, "proposal_params": state.proposal_params}
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(flax.serialization.to_bytes(jax.device_get(out)))
-    os.replace(tmp, path)
-    return Trained(bank, state.params, state.proposal_params, apply_fn, train_seconds, path, False)
+    checkpoints.save_model(
+        path, jax.device_get({"params": params, "proposal_params": proposal_params}), meta
+    )
+    return Trained(bank, params, proposal_params, apply_fn, train_seconds, path, False)
 
 
 # ----------------------------------------------------------------------------------------
@@ -257,11 +346,13 @@ def _accuracy(structures: np.ndarray, labels: np.ndarray) -> float:
     return float((np.asarray(structures) == labels).mean())
 
 
-def _energy_fn(bank, params, states):
-    return lambda s: gnn.rollout_loss(bank, params, states, s, _P.value)
+def _energy_fn(bank, params, states, p: int):
+    return lambda s: gnn.rollout_loss(bank, params, states, s, p)
 
 
-def _make_search_fns(bank: ModuleBank, proposal_apply, kind: str, uniform_mix: float, n: int):
+def _make_search_fns(
+    bank: ModuleBank, proposal_apply, kind: str, uniform_mix: float, n: int, config
+):
     """Search functions of one proposal kind.
 
     ``init(params, pparams, states, key) -> (structure, key, aux)`` (initial structures),
@@ -282,25 +373,25 @@ def _make_search_fns(bank: ModuleBank, proposal_apply, kind: str, uniform_mix: f
             s = proposal_net.argmax_structure(aux)
         else:
             configs = jnp.asarray(structure_lib.incoming_configs(n, bank.num_modules))
-            aux = gnn.incoming_config_losses(bank, params, states, configs, _EXACT_STRIDE.value)
+            aux = gnn.incoming_config_losses(bank, params, states, configs, config.exact_stride)
             s = structure_lib.exact_best_structure(aux, n, bank.num_modules)
         return s, k_anneal, aux
 
     def start(params, states, s, k_anneal):
         """The annealing state of initial structures ``s``: their energies evaluated."""
-        energy = _energy_fn(bank, params, states)(s)
-        return annealing.AnnealState(s, energy, k_anneal, jnp.float32(_T_START.value))
+        energy = _energy_fn(bank, params, states, config.p)(s)
+        return annealing.AnnealState(s, energy, k_anneal, jnp.float32(config.test_t_start))
 
     def chunk(params, states, state, aux, temps):
         state, _ = annealing.anneal(
-            state, _energy_fn(bank, params, states), proposal_fn, temps, aux
+            state, _energy_fn(bank, params, states, config.p), proposal_fn, temps, aux
         )
         return state
 
     def one_step(params, states, state, temperature):
         state, _ = annealing.anneal_step(
             state.replace(temperature=temperature),
-            _energy_fn(bank, params, states),
+            _energy_fn(bank, params, states, config.p),
             proposal_fn,
             None,
         )
@@ -315,7 +406,7 @@ def _compile(fn, *args):
     return compiled, time.perf_counter() - start
 
 
-def run_batched(trained: Trained, method: str, states, labels, temps) -> Curve:
+def run_batched(trained: Trained, method: str, states, labels, temps, config) -> Curve:
     """Methods (b), (c), (d): all tasks' chains advance chunk by chunk."""
     kind, mix = {
         "b": ("uniform", 0.0),
@@ -323,14 +414,16 @@ def run_batched(trained: Trained, method: str, states, labels, temps) -> Curve:
         "d": ("exact_local", _EXACT_MIX.value),
     }[method]
     n = states.shape[2]
-    init, start_fn, chunk, _ = _make_search_fns(trained.bank, trained.proposal_apply, kind, mix, n)
-    bsz = min(_SEARCH_BATCH.value, states.shape[0])
+    init, start_fn, chunk, _ = _make_search_fns(
+        trained.bank, trained.proposal_apply, kind, mix, n, config
+    )
+    bsz = min(config.test_batch_size, states.shape[0])
     if states.shape[0] % bsz:
-        raise ValueError(f"num_tasks {states.shape[0]} must be a multiple of search_batch {bsz}")
+        raise ValueError(f"num_tasks {states.shape[0]} must be a multiple of test_batch_size {bsz}")
     batches = [jnp.asarray(states[i : i + bsz]) for i in range(0, states.shape[0], bsz)]
     c = _CHUNK.value
     pparams = trained.proposal_params if kind == "blocked_gibbs" else None
-    key = jax.random.fold_in(jax.random.PRNGKey(_SEED.value), 1000 + ord(method))
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1000 + ord(method))
     keys = [jax.random.fold_in(key, i) for i in range(len(batches))]
     init_c, t_init = _compile(init, trained.params, pparams, batches[0], keys[0])
     s0, k0, aux0 = init_c(trained.params, pparams, batches[0], keys[0])
@@ -362,16 +455,16 @@ def run_batched(trained: Trained, method: str, states, labels, temps) -> Curve:
     return Curve(steps, seconds, accuracy, t_init + t_start + t_chunk)
 
 
-def run_loop(trained: Trained, states, labels, temps, num_total: int) -> Curve:
+def run_loop(trained: Trained, states, labels, temps, num_total: int, config) -> Curve:
     """Method (a): one task at a time, a Python loop of jitted one-task SA steps.
 
     Accuracy is measured on ``len(states)`` tasks; seconds are extrapolated linearly to
     ``num_total`` tasks (per-task init time + per-step time, both measured).
     """
     n = states.shape[2]
-    init, start_fn, _, one_step = _make_search_fns(trained.bank, None, "uniform", 0.0, n)
+    init, start_fn, _, one_step = _make_search_fns(trained.bank, None, "uniform", 0.0, n, config)
     tasks = [jnp.asarray(states[i : i + 1]) for i in range(states.shape[0])]
-    key = jax.random.fold_in(jax.random.PRNGKey(_SEED.value), 1000 + ord("a"))
+    key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 1000 + ord("a"))
 
     def init_and_start(params, states, key):
         s, k, _ = init(params, None, states, key)
@@ -413,29 +506,21 @@ def run_loop(trained: Trained, states, labels, temps, num_total: int) -> Curve:
     return Curve(steps, seconds, accuracy, t_init + t_step, note)
 
 
-def benchmark_system(system: str) -> dict:
-    data = datasets.ensure_dataset(
-        _DATA_DIR.value,
-        system,
-        num_train=_NUM_TRAIN.value,
-        num_valid=_NUM_VALID.value,
-        num_test=_NUM_TEST.value,
-        seed=_DATA_SEED.value,
-        num_particles=5,
-    )
-    trained = train_or_load(system, data.train)
+def benchmark_system(system: str, config: config_lib.Config) -> dict:
+    data = _load_data(system, config)
+    trained = train_or_load(system, data.train, config)
     if _TRAIN_ONLY.value:
         return {"setup": {"train_seconds": trained.train_seconds, "cache": trained.cache_path}}
     num_tasks = _setting(_NUM_TASKS, 1000, 200)
     loop_tasks = _setting(_LOOP_TASKS, 100, 50)
-    sa_steps = _setting(_SA_STEPS, 400, 200)
+    sa_steps = config.test_sa_steps
     if sa_steps % _CHUNK.value:
         raise ValueError(f"sa_steps {sa_steps} must be a multiple of chunk {_CHUNK.value}")
     test = data.test
     num_tasks = min(num_tasks, test.num_tasks)
-    states = test.states[:num_tasks, : _OBS_FRAMES.value]
+    states = test.states[:num_tasks, : config.obs_frames]
     labels = test.labels[:num_tasks]
-    temps = annealing.geometric_temperatures(_T_START.value, _T_END.value, sa_steps)
+    temps = annealing.geometric_temperatures(config.test_t_start, config.test_t_end, sa_steps)
     print(
         f"[{system}] {num_tasks} test tasks, {sa_steps} SA steps, chunks of {_CHUNK.value}; "
         f"(a) on {loop_tasks} tasks; {_load_avg()}",
@@ -443,10 +528,10 @@ def benchmark_system(system: str) -> dict:
     )
     curves = {}
     curves["a"] = run_loop(
-        trained, states[:loop_tasks], labels[:loop_tasks], temps, num_total=num_tasks
+        trained, states[:loop_tasks], labels[:loop_tasks], temps, num_tasks, config
     )
     for method in ("b", "c", "d"):
-        curves[method] = run_batched(trained, method, states, labels, temps)
+        curves[method] = run_batched(trained, method, states, labels, temps, config)
         print(f"[{system}] ({method}) done; {_load_avg()}", flush=True)
 
     a_level = 0.99 * curves["a"].final
@@ -478,7 +563,7 @@ def benchmark_system(system: str) -> dict:
         "loop_tasks": loop_tasks,
         "sa_steps": sa_steps,
         "chunk": _CHUNK.value,
-        "search_batch": _SEARCH_BATCH.value,
+        "test_batch_size": config.test_batch_size,
         "train_seconds": trained.train_seconds,
         "cache": trained.cache_path,
         "from_cache": trained.from_cache,
@@ -517,35 +602,29 @@ def format_table(system: str, results: dict) -> str:
 # Meta-training with the proposal on vs off.
 
 
-def meta_train_compare() -> dict:
-    """Meta-trains from scratch on springs twice (same seed and budget): proposal off / on."""
-    data = datasets.ensure_dataset(
-        _DATA_DIR.value,
-        "springs",
-        num_train=_NUM_TRAIN.value,
-        num_valid=_NUM_VALID.value,
-        num_test=_NUM_TEST.value,
-        seed=_DATA_SEED.value,
-        num_particles=5,
-    )
-    train = data.train
+def meta_train_compare(config: config_lib.Config) -> dict:
+    """Meta-trains from scratch on springs twice (same seed and budget): proposal off / on.
+
+    A timing harness of the compiled BounceGrad step (compile excluded, accuracy of the
+    training structures checked every ``--meta_eval_every`` steps), not a training run.
+    """
+    train = _load_data("springs", config).train
     n = train.num_particles
-    hidden = (_HIDDEN.value,) * 3
     out = {}
     for on in (False, True):
-        bank = ModuleBank(NUM_MODULES, hidden, hidden)
+        bank = ModuleBank(config.num_modules, config.edge_hidden, config.node_hidden)
         init_fn, apply_fn = proposal_net.make_proposal_network(
-            NUM_MODULES, n, _PROPOSAL_HIDDEN.value
+            config.num_modules, n, config.proposal_hidden
         )
-        optimizer = optax.adam(_LR.value)
-        p_optimizer = optax.adam(_PROPOSAL_LR.value) if on else None
-        key = jax.random.PRNGKey(_SEED.value)
+        optimizer = optax.adam(config.learning_rate)
+        p_optimizer = optax.adam(config.proposal_learning_rate) if on else None
+        key = jax.random.PRNGKey(config.seed)
         pparams = init_fn(jax.random.fold_in(key, 1), jnp.asarray(train.states[:1])) if on else None
-        config = bouncegrad.BounceGradConfig(
-            p=_P.value,
-            sa_steps=_META_SA_STEPS.value,
+        step_config = bouncegrad.BounceGradConfig(
+            p=config.p,
+            sa_steps=config.sa_steps,
             proposal="blocked_gibbs" if on else "uniform",
-            uniform_mix=_GIBBS_MIX.value if on else 0.0,
+            uniform_mix=config.uniform_mix if on else 0.0,
         )
         state = bouncegrad.init_train_state(
             key,
@@ -557,14 +636,14 @@ def meta_train_compare() -> dict:
             proposal_optimizer=p_optimizer,
         )
         step = bouncegrad.make_bouncegrad_step(
-            bank, optimizer, config, n, apply_fn if on else None, p_optimizer
+            bank, optimizer, step_config, n, apply_fn if on else None, p_optimizer
         )
-        bsz = _TRAIN_BATCH.value
+        bsz = config.batch_size
         per_epoch = train.num_tasks // bsz
 
         def batch_at(i, bsz=bsz, per_epoch=per_epoch):
             epoch, offset = divmod(i, per_epoch)
-            ids = datasets.task_batches(train.num_tasks, bsz, _SEED.value, epoch)[offset]
+            ids = task_batches(train.num_tasks, bsz, config.seed, epoch)[offset]
             return bouncegrad.Batch(
                 jnp.asarray(ids), jnp.asarray(train.states[ids]), jnp.asarray(train.labels[ids])
             )
@@ -577,12 +656,10 @@ def meta_train_compare() -> dict:
             if (i + 1) % _META_EVAL_EVERY.value == 0:
                 _sync(state.structures)
                 elapsed += time.perf_counter() - start
-                counts = structure_lib.confusion(state.structures, labels, NUM_MODULES, 2)
-                acc = float(
-                    structure_lib.mapped_accuracy(
-                        state.structures, labels, structure_lib.best_mapping(counts)
-                    )
+                mapping = metrics_lib.module_mapping(
+                    state.structures, labels, config.num_modules, NUM_TYPES
                 )
+                acc = float(metrics_lib.edge_accuracy(state.structures, labels, mapping))
                 history.append((i + 1, elapsed, acc))
                 if t99 is None and acc >= 0.99:
                     t99, s99 = elapsed, i + 1
@@ -603,16 +680,18 @@ def meta_train_compare() -> dict:
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = benchmark_config()
     print(f"structure-search benchmark: {os.cpu_count()} CPUs, {_load_avg()}", flush=True)
     all_results = {}
     for system in _SYSTEMS.value:
-        all_results[system] = benchmark_system(system)
+        all_results[system] = benchmark_system(system, config)
         if _TRAIN_ONLY.value:
             continue
         print(format_table(system, all_results[system]), flush=True)
     if _META_COMPARE.value:
-        all_results["meta_train"] = meta_train_compare()
+        all_results["meta_train"] = meta_train_compare(config)
         for k, v in all_results["meta_train"].items():
             print(
                 f"meta-training, proposal {k}: 99% train-structure accuracy after "
@@ -623,8 +702,7 @@ def main(argv):
         print("meta-training proposal on/off comparison: not run (--meta_train_compare)")
     if _OUT.value:
         os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-        with open(_OUT.value, "w", encoding="utf-8") as f:
-            json.dump(all_results, f, indent=2)
+        checkpoints.write_json_atomic(_OUT.value, all_results)
         print(f"wrote {_OUT.value}")
 
 

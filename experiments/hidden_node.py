@@ -2,7 +2,7 @@
 
   python experiments/hidden_node.py --flagfile=experiments/flags/hidden_node_demo.flags
 
-Trains (or loads from --workdir) a springs model with the TRUE edges, hides one particle
+Trains (or loads from <workdir>/model) a springs model with the TRUE edges, hides one particle
 in each test system, infers its initial state (sampling + gradient descent; its later
 states are the model's rollout), and prints the hidden particle's MSE next to the
 paper's 1.09e-3, plus the accuracy of the test "is a particle hidden?". Writes
@@ -14,18 +14,19 @@ import importlib.util
 
 from absl import app, flags, logging
 
-from nri_modular import hidden_node
+from nri_modular import hidden_node_experiment as experiment
+from nri_modular import reporting
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/hidden_node_demo", "Model, results and figure.")
-_DEFAULTS = hidden_node.ExperimentConfig()
-for _field in dataclasses.fields(hidden_node.ExperimentConfig):
+_DEFAULTS = experiment.ExperimentConfig()
+for _field in dataclasses.fields(experiment.ExperimentConfig):
     _value = getattr(_DEFAULTS, _field.name)
     if _field.name == "hidden":
-        flags.DEFINE_enum("hidden", _value, list(hidden_node.HIDDEN_CHOICES), "Which particle.")
+        flags.DEFINE_enum("hidden", _value, list(experiment.HIDDEN_CHOICES), "Which particle.")
     elif _field.name == "existence_baseline":
         flags.DEFINE_enum(
-            _field.name, _value, list(hidden_node.EXISTENCE_BASELINES), "Loss without latent."
+            _field.name, _value, list(experiment.EXISTENCE_BASELINES), "Loss without latent."
         )
     elif isinstance(_value, tuple):
         flags.DEFINE_list(_field.name, [str(v) for v in _value], "comma list")
@@ -47,14 +48,14 @@ def main(argv):
         )
     logging.set_verbosity(logging.INFO)
     kwargs = {}
-    for field in dataclasses.fields(hidden_node.ExperimentConfig):
+    for field in dataclasses.fields(experiment.ExperimentConfig):
         value = getattr(FLAGS, field.name)
         if isinstance(getattr(_DEFAULTS, field.name), tuple):
             value = tuple(int(v) for v in value)
         kwargs[field.name] = value
-    config = hidden_node.ExperimentConfig(**kwargs)
-    results = hidden_node.run_experiment(config, FLAGS.workdir, log=logging.info)
-    print(hidden_node.format_results(results))
+    config = experiment.ExperimentConfig(**kwargs)
+    results = experiment.run_experiment(config, FLAGS.workdir, log=logging.info)
+    print(reporting.format_hidden_node_results(results))
 
 
 if __name__ == "__main__":

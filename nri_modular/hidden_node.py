@@ -43,18 +43,15 @@ Dynamics are abstract (``DynamicsFn``): the learned GNN (:func:`gnn_dynamics`) i
 experiment, the exact springs integrator (:func:`springs_dynamics`) as a planted model
 in the tests.
 
-The end of this module holds the experiment driver (train the springs model with true
-edges, hide a particle in each test system, infer it, measure); it does file I/O and is
-kept separate from the pure functions above.
+The experiment (train the springs model on the true edges, hide a particle in each test
+system, infer it, measure) is :mod:`nri_modular.hidden_node_experiment`; this module is
+the library it calls, pure functions with no file I/O.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
-import time
 from collections.abc import Callable
 
 import flax
@@ -300,7 +297,7 @@ def box_penalty(hidden: jax.Array, box: float) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class SearchConfig:
+class HiddenSearchConfig:
     """Settings of the latent-node search.
 
     Attributes:
@@ -370,7 +367,7 @@ def hidden_loss(
     observed: jax.Array,
     hidden_initial: jax.Array,
     structure: jax.Array,
-    config: SearchConfig,
+    config: HiddenSearchConfig,
 ) -> jax.Array:
     """Loss of latent initial states: observed-particle MSE + box prior.
 
@@ -496,7 +493,7 @@ def _gradient_steps(loss_fn, pop: Population, lr: float, steps: int) -> Populati
     )
 
 
-def _anneal_edges(loss_fn, pop: Population, key, config: SearchConfig) -> Population:
+def _anneal_edges(loss_fn, pop: Population, key, config: HiddenSearchConfig) -> Population:
     """``sa_steps`` Metropolis moves (one latent edge re-assigned) on ``log(loss)``."""
     from nri_modular import annealing, structure
 
@@ -582,7 +579,7 @@ def infer_hidden(
     key: jax.Array,
     prior_mean: jax.Array,
     prior_std: jax.Array,
-    config: SearchConfig = SearchConfig(),
+    config: HiddenSearchConfig = HiddenSearchConfig(),
     hidden_edges: jax.Array | None = None,
 ) -> HiddenResult:
     """Infers a latent particle's initial state (and relations) from the observed ones.
@@ -597,7 +594,7 @@ def infer_hidden(
       observed_structure: int32 ``[B, m(m-1)]`` relations among the observed particles.
       key: PRNG key.
       prior_mean, prior_std: ``[4]`` distribution of the random initial states.
-      config: :class:`SearchConfig`.
+      config: :class:`HiddenSearchConfig`.
       hidden_edges: int32 ``[B, 2m]`` the latent node's relations if known (the paper's
         setting); ``None`` searches them by annealing.
 
@@ -666,7 +663,7 @@ def infer_hidden(
     )
 
 
-def make_infer_hidden(dynamics: DynamicsFn, config: SearchConfig, edges_known: bool):
+def make_infer_hidden(dynamics: DynamicsFn, config: HiddenSearchConfig, edges_known: bool):
     """Jitted ``(observed, observed_structure, key, prior_mean, prior_std[, hidden_edges])
     -> HiddenResult`` (see :func:`infer_hidden`)."""
 
@@ -728,202 +725,17 @@ def existence_scores(with_latent_loss: jax.Array, without_latent_loss: jax.Array
     return jnp.log(without_latent_loss) - jnp.log(with_latent_loss)
 
 
+def balanced_accuracy(present: np.ndarray, absent: np.ndarray, cut: float) -> float:
+    """Mean of the detection rate (``present > cut``) and rejection rate (``absent <= cut``)."""
+    return float(((present > cut).mean() + (absent <= cut).mean()) / 2)
+
+
 def best_threshold(scores_present: np.ndarray, scores_absent: np.ndarray) -> float:
     """The score threshold with the best balanced accuracy (midpoint between scores)."""
     values = np.sort(np.concatenate([scores_present, scores_absent]))
     cuts = np.concatenate([[values[0] - 1], (values[1:] + values[:-1]) / 2, [values[-1] + 1]])
-    acc = [((scores_present > c).mean() + (scores_absent <= c).mean()) / 2 for c in cuts]
+    acc = [balanced_accuracy(scores_present, scores_absent, c) for c in cuts]
     return float(cuts[int(np.argmax(acc))])
-
-
-# ----------------------------------------------------------------------------------------
-# Experiment driver (file I/O below this line).
-
-
-@dataclasses.dataclass(frozen=True)
-class ExperimentConfig:
-    """Settings of the hidden-particle experiment (defaults: the CPU demo)."""
-
-    # Data (springs, cached in data_dir; a folder of its own, since the main demos keep
-    # 2,000 training systems in data/).
-    data_dir: str = "data/springs_10k"
-    num_particles: int = 5
-    num_train: int = 10000
-    num_valid: int = 100
-    num_test: int = 1000
-    data_seed: int = 42
-    # Model trained with the TRUE edges (structure = labels, module k = relation type k).
-    # 128 wide on 10k systems: rollout-from-truth MSE 1.4e-4 (64 wide on 2k: 5.5e-4).
-    edge_hidden: tuple[int, ...] = (128, 128, 128)
-    node_hidden: tuple[int, ...] = (128, 128, 128)
-    batch_size: int = 50
-    num_epochs: int = 20
-    learning_rate: float = 2e-3
-    final_learning_rate: float = 1e-4
-    p: int = 10
-    seed: int = 0
-    # Inference.
-    num_systems: int = 200
-    obs_frames: int = 49
-    hidden: str = "last"  # "last" or "random" (seeded per system)
-    system_batch: int = 50
-    num_existence: int = 100  # systems per class (with / without a hidden particle)
-    existence_threshold: float = 2.0
-    existence_baseline: str = "null_latent"  # or "observed_only", see existence_test
-    null_module: int = 0  # the "no relation" module of the true-edges model
-    # Search (see SearchConfig).
-    refeed: int = 1
-    num_candidates: int = 8
-    num_initial_samples: int = 256
-    samples_per_round: int = 32
-    grad_steps: int = 10
-    sa_steps: int = 4
-    prior_weight: float = 1e-7
-    log_every: int = 200
-
-    def __post_init__(self):
-        if self.existence_baseline not in EXISTENCE_BASELINES:
-            raise ValueError(
-                f"unknown existence_baseline {self.existence_baseline!r}; expected one of "
-                f"{EXISTENCE_BASELINES}"
-            )
-        if self.hidden not in HIDDEN_CHOICES:
-            raise ValueError(f"unknown hidden {self.hidden!r}; expected one of {HIDDEN_CHOICES}")
-        for name in (
-            "num_particles",
-            "num_train",
-            "num_test",
-            "batch_size",
-            "num_epochs",
-            "p",
-            "num_systems",
-            "obs_frames",
-            "system_batch",
-            "log_every",
-            "refeed",
-            "num_candidates",
-            "num_initial_samples",
-        ):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.num_particles < 3:
-            raise ValueError(
-                f"need >= 3 particles (2 observed + 1 hidden), got {self.num_particles}"
-            )
-        if self.num_systems > self.num_test:
-            raise ValueError(f"num_systems {self.num_systems} exceeds num_test {self.num_test}")
-        if self.num_existence < 0:
-            raise ValueError(f"num_existence must be >= 0, got {self.num_existence}")
-
-
-HIDDEN_CHOICES = ("last", "random")
-EXISTENCE_BASELINES = ("null_latent", "observed_only")
-
-
-def _model_meta(config: ExperimentConfig) -> dict:
-    keys = ("num_particles", "num_train", "data_seed", "edge_hidden", "node_hidden")
-    keys += ("batch_size", "num_epochs", "learning_rate", "final_learning_rate", "p", "seed")
-    return {
-        k: list(v) if isinstance(v, tuple) else v
-        for k, v in ((k, getattr(config, k)) for k in keys)
-    }
-
-
-def train_true_edges(config: ExperimentConfig, bank: ModuleBank, train, log=print) -> Params:
-    """Trains the module bank on the training split with the TRUE edges as structures.
-
-    BounceGrad with ``sa_steps=0`` and ``structures = labels``: plain gradient descent on
-    the ``p``-step rollout loss, module ``k`` computing relation type ``k``.
-
-    Args:
-      train: a :class:`~nri_modular.data.datasets.Split` (states ``[S, T, n, 4]``).
-
-    Returns:
-      The trained parameters.
-    """
-    from nri_modular import bouncegrad
-    from nri_modular.data import datasets
-
-    steps_per_epoch = config.num_train // config.batch_size
-    total = steps_per_epoch * config.num_epochs
-    schedule = optax.cosine_decay_schedule(
-        config.learning_rate, total, alpha=config.final_learning_rate / config.learning_rate
-    )
-    optimizer = optax.adam(schedule)
-    state = bouncegrad.init_train_state(
-        jax.random.PRNGKey(config.seed), bank, optimizer, config.num_train, config.num_particles
-    )
-    state = state.replace(structures=jnp.asarray(train.labels))
-    step_fn = jax.jit(
-        bouncegrad.make_bouncegrad_step(
-            bank,
-            optimizer,
-            bouncegrad.BounceGradConfig(p=config.p, sa_steps=0),
-            config.num_particles,
-        ),
-        donate_argnums=0,
-    )
-    step, start, losses = 0, time.time(), []
-    for epoch in range(config.num_epochs):
-        for ids in datasets.task_batches(config.num_train, config.batch_size, config.seed, epoch):
-            batch = bouncegrad.Batch(
-                jnp.asarray(ids), jnp.asarray(train.states[ids]), jnp.asarray(train.labels[ids])
-            )
-            state, metrics = step_fn(state, batch)
-            losses.append(metrics["loss"])
-            step += 1
-            if step % config.log_every == 0 or step == total:
-                log(
-                    f"train step {step}/{total} | loss {float(np.mean(jax.device_get(losses))):.3e}"
-                    f" | {time.time() - start:.0f} s"
-                )
-                losses = []
-    return state.params
-
-
-def load_or_train(config: ExperimentConfig, workdir: str, train, log=print):
-    """The true-edges model in ``<workdir>/model.msgpack`` (trained and saved if missing).
-
-    Returns:
-      ``(bank, params, train_seconds)``; ``train_seconds`` is 0 when loaded.
-    """
-    bank = ModuleBank(2, config.edge_hidden, config.node_hidden)
-    path = os.path.join(workdir, "model.msgpack")
-    meta_path = os.path.join(workdir, "model.json")
-    meta = _model_meta(config)
-    template = bank.init(jax.random.PRNGKey(0))
-    if os.path.exists(path) and os.path.exists(meta_path):
-        with open(meta_path, encoding="utf-8") as f:
-            saved = json.load(f)
-        if saved != meta:
-            raise ValueError(f"{path} was trained with {saved}, not {meta}; use another --workdir")
-        with open(path, "rb") as f:
-            params = jax.tree.map(jnp.asarray, flax.serialization.from_bytes(template, f.read()))
-        log(f"loaded the true-edges model from {path}")
-        return bank, params, 0.0
-    start = time.time()
-    params = train_true_edges(config, bank, train, log)
-    os.makedirs(workdir, exist_ok=True)
-    with open(path + ".tmp", "wb") as f:
-        f.write(flax.serialization.to_bytes(params))
-    os.replace(path + ".tmp", path)
-    with open(meta_path, "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=1)
-    return bank, params, time.time() - start
-
-
-def search_config(config: ExperimentConfig) -> SearchConfig:
-    """The latent-node search settings of the experiment."""
-    return SearchConfig(
-        refeed=config.refeed,
-        num_candidates=config.num_candidates,
-        num_initial_samples=config.num_initial_samples,
-        samples_per_round=config.samples_per_round,
-        grad_steps=config.grad_steps,
-        sa_steps=config.sa_steps,
-        num_particles=config.num_particles,
-        prior_weight=config.prior_weight,
-    )
 
 
 def state_prior(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -953,340 +765,3 @@ def free_particle_floor(states: np.ndarray, labels: np.ndarray, frames: int) -> 
         return float("nan")
     paths = np.swapaxes(np.asarray(states)[:, :frames], 1, 2)[free]  # [F, frames, 4]
     return float(paths.var(axis=0).mean())
-
-
-def _batched(fn, arrays: tuple, batch: int, key, log=None, what=""):
-    """Runs jitted ``fn(*arrays_batch, key)`` on fixed-size batches (last one padded)."""
-    total = arrays[0].shape[0]
-    outs = []
-    for i, start in enumerate(range(0, total, batch)):
-        idx = np.minimum(np.arange(start, start + batch), total - 1)
-        out = fn(*(jnp.asarray(a[idx]) for a in arrays), jax.random.fold_in(key, i))
-        keep = min(batch, total - start)
-        outs.append(jax.tree.map(lambda x, keep=keep: np.asarray(x)[:keep], out))
-        if log is not None:
-            log(f"{what}: {min(start + batch, total)}/{total} systems")
-    return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
-
-
-def absent_systems(num: int, num_observed: int, frames: int, normalization, seed: int):
-    """Genuine ``m``-particle springs systems (nothing hidden), normalised like the data.
-
-    Returns:
-      ``(states [num, frames, m, 4], labels int32 [num, m(m-1)])``.
-    """
-    from nri_modular.data import physics
-
-    steps = (frames + 1) * 100
-    loc, vel, edges = physics.simulate("springs", seed, num, num_observed, steps, 100)
-    states = np.concatenate([loc, vel], axis=2).transpose(0, 1, 3, 2)  # [S, T, m, 4]
-    states = normalization.normalise(states.astype(np.float32))
-    labels = (graph_lib.matrix_to_edges(edges) > 0).astype(np.int32)
-    return states[:, :frames].astype(np.float32), labels
-
-
-def run_experiment(config: ExperimentConfig, workdir: str, log=print) -> dict:
-    """Train (or load) the true-edges springs model, hide a particle, infer it, measure.
-
-    Writes ``<workdir>/results.json`` (keys ``hidden_mse``, ``num_systems``,
-    ``existence_accuracy``, ``wall_seconds`` and details), ``<workdir>/hidden_node.png``
-    (Figure 4 style) and ``<workdir>/hidden_node.npz`` (inferred and true trajectories).
-    """
-    from nri_modular.data import datasets
-
-    wall_start = time.time()
-    data = datasets.ensure_dataset(
-        config.data_dir,
-        "springs",
-        config.num_train,
-        config.num_valid,
-        config.num_test,
-        config.data_seed,
-        config.num_particles,
-    )
-    bank, params, train_seconds = load_or_train(config, workdir, data.train, log)
-    n, t = config.num_particles, config.obs_frames
-    if t > data.test.num_frames:
-        raise ValueError(f"obs_frames {t} exceeds the test trajectories' {data.test.num_frames}")
-    prior_mean, prior_std = state_prior(data.train.states)
-    dynamics = gnn_dynamics(bank, params, edge_compute="blocked")
-    scfg = search_config(config)
-    key = jax.random.PRNGKey(config.seed + 1)
-    rng = np.random.default_rng(config.seed)
-
-    # 1. The paper's setting: hide particle k, true edges given, infer its trajectory.
-    num = config.num_systems
-    if config.hidden == "last":
-        hidden = np.full(num, n - 1)
-    else:
-        hidden = rng.integers(0, n, num)
-    systems = hide_particle(data.test.states[:num, :t], data.test.labels[:num], hidden)
-    infer_known = make_infer_hidden(dynamics, scfg, edges_known=True)
-    start = time.time()
-    known = _batched(
-        lambda o, s, e, k: infer_known(o, s, k, prior_mean, prior_std, e),
-        (systems.observed, systems.observed_structure, systems.hidden_edges),
-        config.system_batch,
-        jax.random.fold_in(key, 0),
-        log,
-        "hidden particle, true edges",
-    )
-    infer_seconds = time.time() - start
-    mse = np.asarray(hidden_mse(known.trajectory, systems.hidden_states))
-    degree = systems.hidden_edges.sum(axis=1) // 2  # springs are symmetric
-    connected = degree > 0
-    results = {
-        "hidden_mse": float(mse.mean()),
-        "hidden_mse_median": float(np.median(mse)),
-        "hidden_mse_connected": float(mse[connected].mean()) if connected.any() else None,
-        "hidden_mse_unconnected": float(mse[~connected].mean()) if (~connected).any() else None,
-        "num_connected": int(connected.sum()),
-        # No method does better than this on the systems whose hidden particle is free.
-        "free_particle_floor": free_particle_floor(data.train.states, data.train.labels, t),
-        "hidden_position_mse": float(
-            np.square(known.trajectory[..., :2] - systems.hidden_states[..., :2]).mean()
-        ),
-        "hidden_velocity_mse": float(
-            np.square(known.trajectory[..., 2:] - systems.hidden_states[..., 2:]).mean()
-        ),
-        "initial_state_mse": float(np.square(known.initial - systems.hidden_states[:, 0]).mean()),
-        "observed_mse_with_latent": float(known.observed_mse.mean()),
-        "hidden_mse_from_true_initial": float(
-            oracle_hidden_mse(dynamics, systems, scfg.refeed).mean()
-        ),
-        "paper_hidden_mse": PAPER_HIDDEN_MSE,
-        "num_systems": num,
-        "obs_frames": t,
-        "hidden": config.hidden,
-        "infer_seconds": infer_seconds,
-        "train_seconds": train_seconds,
-    }
-    log(f"hidden-particle MSE {results['hidden_mse']:.3e} on {num} systems ({infer_seconds:.0f} s)")
-
-    # 2. Existence test: present (a 5-particle system, one hidden) vs absent (a genuine
-    # 4-particle system); edges of the latent node unknown (searched) in both.
-    if config.num_existence:
-        results.update(existence_test(config, dynamics, data, prior_mean, prior_std, key, log))
-
-    np.savez_compressed(
-        os.path.join(workdir, "hidden_node.npz"),
-        observed=systems.observed,
-        hidden_true=systems.hidden_states,
-        hidden_inferred=known.trajectory,
-        hidden_index=systems.hidden_index,
-        hidden_edges=systems.hidden_edges,
-        mse=mse,
-    )
-    figure = os.path.join(workdir, "hidden_node.png")
-    plot_figure4(systems, known.trajectory, mse, figure)
-    results["figure"] = figure
-    results["wall_seconds"] = time.time() - wall_start
-    path = os.path.join(workdir, "results.json")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-    os.replace(path + ".tmp", path)
-    return results
-
-
-PAPER_HIDDEN_MSE = 1.09e-3
-
-
-def existence_test(config, dynamics, data, prior_mean, prior_std, key, log=print) -> dict:
-    """Detection of an unobserved particle from ``log(loss without / loss with latent)``.
-
-    Present: ``num_existence`` test systems (those after the ``num_systems`` used above,
-    so the two evaluations do not share systems) with particle ``n - 1`` hidden.
-    Absent: ``num_existence`` freshly simulated ``(n - 1)``-particle springs systems
-    (same simulator, normalisation and frames), so the observed particles truly feel
-    nothing else.
-
-    "With": the latent node's edges are searched (annealing) and its state fitted.
-    "Without" (``existence_baseline``):
-
-    * ``"null_latent"`` (default): the same search with every latent edge fixed to the
-      "no relation" module ``null_module`` (module k = relation type k in the true-edges
-      model; springs type 0 = no spring). Both hypotheses then run the ``n``-node graph
-      the model was trained on and get the same optimisation budget, so the comparison
-      is only "does the latent particle interact?".
-    * ``"observed_only"``: the ``n - 1`` observed particles alone. The model was trained
-      on ``n``-node graphs, so this baseline is off-distribution (one message fewer into
-      every node) and a latent node "improves" it even when nothing is hidden.
-
-    A system is declared to hold a hidden particle when the latent node lowers the loss
-    by more than ``existence_threshold`` (a fixed ratio, not tuned on the test systems).
-    """
-    n, m, t = config.num_particles, config.num_particles - 1, config.obs_frames
-    num = config.num_existence
-    lo = config.num_systems if config.num_systems + num <= data.test.num_tasks else 0
-    present = hide_particle(
-        data.test.states[lo : lo + num, :t], data.test.labels[lo : lo + num], np.full(num, n - 1)
-    )
-    absent_states, absent_labels = absent_systems(
-        num, m, t, data.normalization, seed=config.seed + 1000
-    )
-    scfg = search_config(config)
-    infer = make_infer_hidden(dynamics, scfg, edges_known=False)
-    if config.existence_baseline == "null_latent":
-        infer_null = make_infer_hidden(dynamics, scfg, edges_known=True)
-        null_edges = np.full((num, 2 * m), config.null_module, np.int32)
-
-        def baseline(obs, struct, k):
-            res = _batched(
-                lambda o, s, e, kk: infer_null(o, s, kk, prior_mean, prior_std, e),
-                (obs, struct, null_edges),
-                config.system_batch,
-                k,
-            )
-            return res.observed_mse
-
-    else:
-        without = jax.jit(lambda o, s: observed_only_loss(dynamics, o, s, scfg.refeed))
-
-        def baseline(obs, struct, k):
-            del k
-            return np.asarray(without(jnp.asarray(obs), jnp.asarray(struct)))
-
-    out = {"existence_baseline": config.existence_baseline}
-    scores = {}
-    for c, (name, (obs, struct)) in enumerate(
-        (
-            ("present", (present.observed, present.observed_structure)),
-            ("absent", (absent_states, absent_labels)),
-        )
-    ):
-        start = time.time()
-        res = _batched(
-            lambda o, s, k: infer(o, s, k, prior_mean, prior_std),
-            (obs, struct),
-            config.system_batch,
-            jax.random.fold_in(key, 1 + c),
-            log,
-            f"existence test ({name})",
-        )
-        loss_without = baseline(obs, struct, jax.random.fold_in(key, 3 + c))
-        scores[name] = np.asarray(existence_scores(res.observed_mse, loss_without))
-        out[f"existence_{name}_seconds"] = time.time() - start
-        if name == "present":
-            mse = np.asarray(hidden_mse(res.trajectory, present.hidden_states))
-            out["hidden_mse_unknown_edges"] = float(mse.mean())
-            out["latent_edge_accuracy"] = float((res.edges == present.hidden_edges).mean())
-    cut = float(np.log(config.existence_threshold))
-    connected = present.hidden_edges.sum(axis=1) > 0
-    detected = scores["present"] > cut
-    rejected = scores["absent"] <= cut
-    out.update(
-        existence_accuracy=float((detected.sum() + rejected.sum()) / (2 * num)),
-        existence_detection_rate=float(detected.mean()),
-        existence_detection_rate_connected=float(detected[connected].mean()),
-        existence_false_alarm_rate=float(1 - rejected.mean()),
-        existence_accuracy_connected=float(
-            (detected[connected].sum() + rejected.sum()) / (connected.sum() + num)
-        ),
-        existence_threshold=config.existence_threshold,
-        existence_best_threshold_accuracy=_balanced_accuracy(
-            scores["present"], scores["absent"], best_threshold(scores["present"], scores["absent"])
-        ),
-        existence_num_per_class=num,
-        existence_score_present_median=float(np.median(scores["present"])),
-        existence_score_absent_median=float(np.median(scores["absent"])),
-    )
-    log(
-        f"existence test: accuracy {out['existence_accuracy']:.3f} (detected "
-        f"{out['existence_detection_rate']:.3f} present, false alarms "
-        f"{out['existence_false_alarm_rate']:.3f})"
-    )
-    return out
-
-
-def _balanced_accuracy(present, absent, cut) -> float:
-    return float(((present > cut).mean() + (absent <= cut).mean()) / 2)
-
-
-def plot_figure4(systems: HiddenSystems, inferred: np.ndarray, mse: np.ndarray, path: str):
-    """Figure-4-style PNG: observed paths, the true hidden path and ours, for 3 systems.
-
-    Shows the systems with the median, 25th and 75th percentile hidden MSE (not the best).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    order = np.argsort(mse)
-    picks = [order[int(q * (len(order) - 1))] for q in (0.25, 0.5, 0.75)]
-    fig, axes = plt.subplots(1, len(picks), figsize=(5 * len(picks), 5))
-    colors = plt.cm.tab10([0, 1, 2, 4, 5, 6, 7, 8, 9])  # no red: red is "inferred"
-    for ax, i in zip(np.atleast_1d(axes), picks, strict=True):
-        obs = systems.observed[i]
-        for j in range(obs.shape[1]):
-            ax.plot(obs[:, j, 0], obs[:, j, 1], color=colors[j], lw=1.5, label=f"observed {j}")
-            ax.plot(obs[0, j, 0], obs[0, j, 1], "o", color=colors[j], ms=4)
-        truth = systems.hidden_states[i]
-        ax.plot(truth[:, 0], truth[:, 1], "k--", lw=2.5, label="hidden (true)")
-        ax.plot(inferred[i, :, 0], inferred[i, :, 1], "r-", lw=2, label="hidden (inferred)")
-        ax.plot(truth[0, 0], truth[0, 1], "ko", ms=6)
-        ax.plot(inferred[i, 0, 0], inferred[i, 0, 1], "rx", ms=8)
-        springs = int(systems.hidden_edges[i].sum() // 2)
-        ax.set_title(f"test system {i}: hidden MSE {mse[i]:.1e}, {springs} spring(s)")
-        ax.set_aspect("equal", adjustable="datalim")
-        ax.set_xlabel("x (normalised)")
-        ax.set_ylabel("y (normalised)")
-    np.atleast_1d(axes)[0].legend(fontsize=8, loc="best")
-    fig.suptitle("Hidden particle inferred from the others (o: frame 0; true dashed, ours red)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def format_results(results: dict) -> str:
-    """The hidden-particle results as a table for the terminal."""
-    r = results
-    lines = [
-        f"hidden particle ({r['hidden']}) in {r['num_systems']} springs test systems, "
-        f"{r['obs_frames']} observed frames, {r['wall_seconds']:.0f} s wall "
-        f"(inference {r['infer_seconds']:.0f} s, training {r['train_seconds']:.0f} s)",
-        "| metric | ours | paper |",
-        "|---|---|---|",
-        f"| hidden-particle MSE (true edges) | {r['hidden_mse']:.3e} | "
-        f"{r['paper_hidden_mse']:.2e} |",
-        f"| ... median over systems | {r['hidden_mse_median']:.3e} | |",
-    ]
-    if "hidden_mse_from_true_initial" in r:
-        lines.append(
-            f"| rollout from the TRUE initial state (model floor) | "
-            f"{r['hidden_mse_from_true_initial']:.3e} | |"
-        )
-    unconnected = r["num_systems"] - r["num_connected"]
-    if r.get("hidden_mse_connected") is not None:
-        lines.append(
-            f"| ... hidden particle with >= 1 spring ({r['num_connected']}) | "
-            f"{r['hidden_mse_connected']:.3e} | |"
-        )
-    if r.get("hidden_mse_unconnected") is not None:
-        lines.append(
-            f"| ... hidden particle with no spring ({unconnected}) | "
-            f"{r['hidden_mse_unconnected']:.3e} | |"
-        )
-    if r.get("free_particle_floor") is not None and unconnected:
-        floor = r["free_particle_floor"]
-        lines.append(
-            f"| ... lowest possible there (free particles' per-frame variance) | {floor:.3e} | |"
-        )
-        lines.append(
-            f"| lowest possible mean over all {r['num_systems']} systems "
-            f"({unconnected} x that / {r['num_systems']}) | "
-            f"{unconnected * floor / r['num_systems']:.3e} | |"
-        )
-    if "existence_accuracy" in r:
-        per_class = r["existence_num_per_class"]
-        lines += [
-            f"| hidden-particle MSE (edges searched) | {r['hidden_mse_unknown_edges']:.3e} | |",
-            f"| existence test accuracy ({per_class} + {per_class}) | "
-            f"{100 * r['existence_accuracy']:.1f}% | |",
-            f"| ... detected when present / when connected | "
-            f"{100 * r['existence_detection_rate']:.1f}% / "
-            f"{100 * r['existence_detection_rate_connected']:.1f}% | |",
-            f"| ... false alarms when absent | {100 * r['existence_false_alarm_rate']:.1f}% | |",
-        ]
-    lines.append(f"figure: {r['figure']}")
-    return "\n".join(lines)

@@ -29,7 +29,7 @@ from conftest import (
     run_cli,
 )
 
-from nri_modular import bouncegrad, distributed, train
+from nri_modular import bouncegrad, distributed
 
 TIMING_KEYS = ("wall_seconds", "train_seconds", "test_search_seconds")
 
@@ -72,33 +72,6 @@ def test_put_batch_gathers_rows():
     data = np.arange(24, dtype=np.float32).reshape(6, 4)
     (out,) = distributed.put_batch(mesh, (data,), rows=np.asarray([5, 0, 2]))
     np.testing.assert_array_equal(distributed.to_host(out), data[[5, 0, 2]])
-
-
-def test_collective_bytes_parses_hlo():
-    hlo = "\n".join(
-        [
-            "  %a = f32[16,8]{1,0} all-reduce(f32[16,8]{1,0} %x), replica_groups={}",
-            "  %b = (s32[10,12]{1,0}, s32[40,12]{1,0}) all-gather-start(s32[10,12]{1,0} %y)",
-            "  %c = s32[40,12]{1,0} all-gather-done(%b)",
-            "  %d = f32[] add(f32[] %p, f32[] %q)",
-        ]
-    )
-    out = distributed.collective_bytes(hlo)
-    assert out == {
-        "all-reduce": {"count": 1, "bytes": 16 * 8 * 4},
-        "all-gather": {"count": 1, "bytes": 40 * 12 * 4},
-    }
-
-
-def test_compiled_step_stats_on_one_device(tiny_data_dir):
-    config = reference_config(tiny_data_dir)
-    sample = np.zeros((1, config.obs_frames, config.num_particles, 4), np.float32)
-    setup = train.build(config, distributed.make_mesh(devices=jax.devices()[:1]), sample)
-    stats = distributed.compiled_stats(
-        setup.step_fn.lower(setup.abstract_state, setup.abstract_batch).compile()
-    )
-    assert stats["argument_bytes"] > 0 and stats["flops"] > 0
-    assert stats["collectives"] == {}  # one device: no communication
 
 
 def _results(workdir):

@@ -1,5 +1,8 @@
 """Hidden-particle inference on a planted model (the exact springs integrator), tiny shapes."""
 
+import dataclasses
+import os
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -9,6 +12,8 @@ import pytest
 from nri_modular import gnn
 from nri_modular import graph as graph_lib
 from nri_modular import hidden_node as hn
+from nri_modular import hidden_node_experiment as experiment
+from nri_modular.data import Split
 from nri_modular.modules import ModuleBank
 
 # Planted dynamics: strong springs, 0.2 time units per frame, 4 sub-steps (cheap to compile).
@@ -90,7 +95,7 @@ def _losses(systems, initial, cfg):
 
 
 def test_gradient_steps_lower_the_loss(systems):
-    cfg = hn.SearchConfig(box=np.inf)
+    cfg = hn.HiddenSearchConfig(box=np.inf)
     truth = jnp.asarray(systems.hidden_states[:, 0])
     initial = truth[:, None] + 0.15 * jax.random.normal(jax.random.PRNGKey(2), (B, 2, 4))
     loss_fn, edges = _losses(systems, initial, cfg)
@@ -102,7 +107,7 @@ def test_gradient_steps_lower_the_loss(systems):
 
 
 def test_sampling_lowers_the_loss(systems):
-    cfg = hn.SearchConfig(box=np.inf, samples_per_round=64, local_fraction=0.5)
+    cfg = hn.HiddenSearchConfig(box=np.inf, samples_per_round=64, local_fraction=0.5)
     far = jnp.full((B, 1, 4), 2.0)  # a bad candidate
     loss_fn, edges = _losses(systems, far, cfg)
     pop = hn.Population(far, edges, loss_fn(far, edges))
@@ -120,7 +125,7 @@ def test_sampling_lowers_the_loss(systems):
 
 
 def test_inference_recovers_the_hidden_initial_state(systems):
-    cfg = hn.SearchConfig(
+    cfg = hn.HiddenSearchConfig(
         box=np.inf,
         num_candidates=4,
         num_initial_samples=64,
@@ -146,7 +151,7 @@ def test_inference_recovers_the_hidden_initial_state(systems):
 
 
 def test_edge_annealing_lowers_the_loss(systems):
-    cfg = hn.SearchConfig(box=np.inf, sa_steps=12, sa_temperature=1e-3)
+    cfg = hn.HiddenSearchConfig(box=np.inf, sa_steps=12, sa_temperature=1e-3)
     truth = jnp.asarray(systems.hidden_states[:, 0])[:, None]
     loss_fn, _ = _losses(systems, truth, cfg)
     wrong = jnp.zeros((B, 1, 4), jnp.int32)  # no springs at all
@@ -167,14 +172,14 @@ def test_bad_inputs_fail_clearly(systems):
     obs = jnp.asarray(systems.observed)
     struct = jnp.asarray(systems.observed_structure)
     key = jax.random.PRNGKey(0)
-    cfg = hn.SearchConfig(num_particles=N)
+    cfg = hn.HiddenSearchConfig(num_particles=N)
     with pytest.raises(ValueError, match=r"observed must be \[B, T, m, 4\]"):
         hn.infer_hidden(DYN, obs[..., :3], struct, key, PRIOR_MEAN, PRIOR_STD, cfg)
     with pytest.raises(ValueError, match="observed_structure must be"):
         hn.infer_hidden(DYN, obs, struct[:, :1], key, PRIOR_MEAN, PRIOR_STD, cfg)
     with pytest.raises(ValueError, match="model is for 5 particles"):
         hn.infer_hidden(
-            DYN, obs, struct, key, PRIOR_MEAN, PRIOR_STD, hn.SearchConfig(num_particles=5)
+            DYN, obs, struct, key, PRIOR_MEAN, PRIOR_STD, hn.HiddenSearchConfig(num_particles=5)
         )
     with pytest.raises(ValueError, match="NaN"):
         hn.infer_hidden(DYN, obs.at[0, 0, 0, 0].set(jnp.nan), struct, key, PRIOR_MEAN, PRIOR_STD)
@@ -185,9 +190,9 @@ def test_bad_inputs_fail_clearly(systems):
     with pytest.raises(ValueError, match="hidden must be"):
         hn.hide_particle(np.zeros((2, 4, 3, 4)), np.zeros((2, 6), np.int32), np.array([0, 3]))
     with pytest.raises(ValueError, match="windows"):
-        hn.SearchConfig(windows=(10,), learning_rates=(1e-2, 1e-3))
+        hn.HiddenSearchConfig(windows=(10,), learning_rates=(1e-2, 1e-3))
     with pytest.raises(ValueError, match="unknown hidden"):
-        hn.ExperimentConfig(hidden="first")
+        experiment.ExperimentConfig(hidden="first")
 
 
 def test_free_particle_floor_is_the_variance_of_free_paths():
@@ -201,3 +206,31 @@ def test_free_particle_floor_is_the_variance_of_free_paths():
     expected = free_paths.var(axis=0).mean()
     assert hn.free_particle_floor(states, labels, 5) == pytest.approx(expected, rel=1e-6)
     assert np.isnan(hn.free_particle_floor(states[3:], labels[3:], 5))
+
+
+def test_true_edges_model_is_saved_loaded_and_checked(tmp_path):
+    """The driver trains the true-edges model once, saves it in <workdir>/model, reloads it,
+    and refuses a saved model of other settings or an old-format cache."""
+    config = experiment.ExperimentConfig(
+        num_particles=N, num_train=8, num_test=2, num_systems=2, batch_size=4, num_epochs=1
+    )
+    config = dataclasses.replace(config, edge_hidden=(8,), node_hidden=(8,), log_every=1)
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, (8, N * (N - 1))).astype(np.int32)
+    train = Split(rng.normal(size=(8, 6, N, 4)).astype(np.float32), labels)
+    workdir = str(tmp_path / "run")
+    lines = []
+    bank, params, seconds = experiment.load_or_train(config, workdir, train, lines.append)
+    assert seconds > 0 and lines[-1].startswith("train step 2/2 | loss ")
+    assert os.path.isdir(os.path.join(workdir, experiment.MODEL_DIR))
+    _, loaded, seconds = experiment.load_or_train(config, workdir, train, lines.append)
+    assert seconds == 0.0 and lines[-1].startswith("loaded the true-edges model")
+    chex.assert_trees_all_equal(jax.device_get(loaded), jax.device_get(params))
+    other = dataclasses.replace(config, learning_rate=1e-3)
+    with pytest.raises(ValueError, match="trained with other settings.*learning_rate"):
+        experiment.load_or_train(other, workdir, train, lines.append)
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "model.msgpack").write_bytes(b"")
+    with pytest.raises(ValueError, match="model cache of an older version"):
+        experiment.load_or_train(config, str(legacy), train, lines.append)

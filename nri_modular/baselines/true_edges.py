@@ -1,0 +1,140 @@
+"""The true graph: a module bank trained on the TRUE relations (module ``k`` = relation type ``k``).
+
+The one trainer of a module bank on the true structures, used wherever a model of the
+dynamics is needed without structure inference: the hidden-particle experiment
+(:mod:`nri_modular.hidden_node_experiment`) and the structure-search benchmark
+(``benchmarks/structure_search.py``), and as the "true graph" upper bound of the tables.
+
+It is BounceGrad (:func:`nri_modular.bouncegrad.make_bouncegrad_step`) with no annealing
+(``sa_steps=0``) and every task's structure fixed to its labels: plain gradient descent
+on the ``p``-step rollout loss. Optionally the learned proposal network is trained in the
+same compiled step, with those structures as its cross-entropy targets (supervised: it
+learns to predict the true relations from the trajectories).
+
+Batches are the training epochs of :func:`nri_modular.data.task_batches` (``seed``,
+epoch), so the data order is that of a meta-training run with the same seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from nri_modular import bouncegrad
+from nri_modular.data import Split, task_batches
+from nri_modular.modules import ModuleBank, Params
+
+
+@dataclasses.dataclass(frozen=True)
+class ProposalTraining:
+    """The learned proposal network, trained alongside the modules (targets = true edges).
+
+    Attributes:
+      apply: ``(params, states [B, T, n, 4]) -> logits [B, n(n-1), K]``
+        (:func:`nri_modular.proposal_net.make_proposal_network`).
+      params: its initial parameters (initialised on states of the training split's shape).
+      optimizer: its Optax optimiser.
+    """
+
+    apply: bouncegrad.ProposalApply
+    params: Params
+    optimizer: optax.GradientTransformation
+
+
+def _check(bank: ModuleBank, train: Split, num_steps: int, batch_size: int) -> None:
+    labels = np.asarray(train.labels)
+    if num_steps <= 0:
+        raise ValueError(f"num_steps must be positive, got {num_steps}")
+    if not 0 < batch_size <= train.num_tasks:
+        raise ValueError(f"batch_size must be in [1, {train.num_tasks}], got {batch_size}")
+    if labels.min() < 0 or labels.max() >= bank.num_modules:
+        raise ValueError(
+            f"true-edges training computes relation type k with module k: relation types "
+            f"{int(labels.min())}..{int(labels.max())} need num_modules > {int(labels.max())}, "
+            f"got {bank.num_modules}"
+        )
+
+
+def train_true_edges(
+    bank: ModuleBank,
+    optimizer: optax.GradientTransformation,
+    train: Split,
+    *,
+    num_steps: int,
+    batch_size: int,
+    p: int,
+    seed: int,
+    proposal: ProposalTraining | None = None,
+    log: Callable[[str], None] | None = None,
+    log_every: int = 200,
+) -> tuple[Params, Params]:
+    """Trains ``bank`` on the training split with structure = labels.
+
+    Args:
+      bank: the module bank (``num_modules`` > the largest relation type).
+      optimizer: Optax optimiser of the module parameters (schedules included).
+      train: the training split (states ``[S, T, n, 4]``, labels int ``[S, n(n-1)]``).
+      num_steps: optimiser steps; step ``i`` is batch ``i % (S // batch_size)`` of
+        epoch ``i // (S // batch_size)``.
+      batch_size: tasks per step.
+      p: rollout length of the loss (truth re-fed every ``p`` frames).
+      seed: initial parameters (``PRNGKey(seed)``) and the data order.
+      proposal: also train the learned proposal network (see :class:`ProposalTraining`).
+      log: called with a progress line every ``log_every`` steps and at the last step
+        (mean loss over those steps, proposal cross-entropy when trained, seconds).
+
+    Returns:
+      ``(params, proposal_params)``: the trained module parameters and the trained proposal
+      parameters (``None`` without ``proposal``), as device arrays.
+    """
+    _check(bank, train, num_steps, batch_size)
+    n = train.num_particles
+    state = bouncegrad.init_train_state(
+        jax.random.PRNGKey(seed),
+        bank,
+        optimizer,
+        train.num_tasks,
+        n,
+        proposal_params=None if proposal is None else proposal.params,
+        proposal_optimizer=None if proposal is None else proposal.optimizer,
+    )
+    state = state.replace(structures=jnp.asarray(train.labels))
+    step_fn = jax.jit(
+        bouncegrad.make_bouncegrad_step(
+            bank,
+            optimizer,
+            bouncegrad.BounceGradConfig(p=p, sa_steps=0),
+            n,
+            None if proposal is None else proposal.apply,
+            None if proposal is None else proposal.optimizer,
+        ),
+        donate_argnums=0,
+    )
+    per_epoch = train.num_tasks // batch_size
+    start, window, epoch_batches = time.perf_counter(), [], None
+    for step in range(num_steps):
+        epoch, offset = divmod(step, per_epoch)
+        if offset == 0:
+            epoch_batches = task_batches(train.num_tasks, batch_size, seed, epoch)
+        ids = epoch_batches[offset]
+        batch = bouncegrad.Batch(
+            jnp.asarray(ids), jnp.asarray(train.states[ids]), jnp.asarray(train.labels[ids])
+        )
+        state, metrics = step_fn(state, batch)
+        window.append(metrics)
+        if log is not None and ((step + 1) % log_every == 0 or step + 1 == num_steps):
+            m = jax.device_get(window)
+            line = f"train step {step + 1}/{num_steps} | loss {np.mean([x['loss'] for x in m]):.3e}"
+            if proposal is not None:
+                line += f" | proposal xent {np.mean([x['proposal_loss'] for x in m]):.4f}"
+            log(f"{line} | {time.perf_counter() - start:.0f} s")
+            window = []
+        elif log is None:
+            window = []
+    return state.params, state.proposal_params

@@ -1,0 +1,68 @@
+"""Every matplotlib figure of the project (the optional ``[plots]`` extra).
+
+Figures read saved or computed arrays and write a PNG; nothing here trains or searches.
+matplotlib is imported inside each function (``import nri_modular`` never imports it); a
+missing matplotlib is an error naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend, or a clear error."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError(
+            'drawing figures needs matplotlib, the [plots] extra: pip install -e ".[plots]"'
+        ) from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def hidden_node_figure(systems, inferred: np.ndarray, mse: np.ndarray, path: str) -> None:
+    """Figure-4-style PNG: observed paths, the true hidden path and ours, for 3 systems.
+
+    Shows the systems with the median, 25th and 75th percentile hidden MSE (not the best).
+
+    Args:
+      systems: :class:`nri_modular.hidden_node.HiddenSystems` (``observed [B, T, m, 4]``,
+        ``hidden_states [B, T, 4]``, ``hidden_edges [B, 2m]``).
+      inferred: ``[B, T, 4]`` the inferred hidden trajectories.
+      mse: ``[B]`` their hidden MSE.
+      path: the PNG to write.
+    """
+    if len(mse) == 0 or inferred.shape != systems.hidden_states.shape:
+        raise ValueError(
+            f"need >= 1 system and inferred {inferred.shape} shaped like the hidden states "
+            f"{systems.hidden_states.shape}"
+        )
+    plt = _pyplot()
+    order = np.argsort(mse)
+    picks = [order[int(q * (len(order) - 1))] for q in (0.25, 0.5, 0.75)]
+    fig, axes = plt.subplots(1, len(picks), figsize=(5 * len(picks), 5))
+    colors = plt.cm.tab10([0, 1, 2, 4, 5, 6, 7, 8, 9])  # no red: red is "inferred"
+    for ax, i in zip(np.atleast_1d(axes), picks, strict=True):
+        obs = systems.observed[i]
+        for j in range(obs.shape[1]):
+            ax.plot(obs[:, j, 0], obs[:, j, 1], color=colors[j], lw=1.5, label=f"observed {j}")
+            ax.plot(obs[0, j, 0], obs[0, j, 1], "o", color=colors[j], ms=4)
+        truth = systems.hidden_states[i]
+        ax.plot(truth[:, 0], truth[:, 1], "k--", lw=2.5, label="hidden (true)")
+        ax.plot(inferred[i, :, 0], inferred[i, :, 1], "r-", lw=2, label="hidden (inferred)")
+        ax.plot(truth[0, 0], truth[0, 1], "ko", ms=6)
+        ax.plot(inferred[i, 0, 0], inferred[i, 0, 1], "rx", ms=8)
+        springs = int(systems.hidden_edges[i].sum() // 2)
+        ax.set_title(f"test system {i}: hidden MSE {mse[i]:.1e}, {springs} spring(s)")
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_xlabel("x (normalised)")
+        ax.set_ylabel("y (normalised)")
+    np.atleast_1d(axes)[0].legend(fontsize=8, loc="best")
+    fig.suptitle("Hidden particle inferred from the others (o: frame 0; true dashed, ours red)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
