@@ -50,7 +50,7 @@ class BounceGradConfig:
       exact_stride: exact moves score every ``exact_stride``-th transition.
       block_rows, edge_compute: see :mod:`nri_modular.gnn`.
       task_shards: ``V`` virtual shards of the training tasks (see
-        :func:`nri_modular.data.datasets.task_batches`): slice ``v`` of every batch holds
+        :func:`nri_modular.data.batching.task_batches`): slice ``v`` of every batch holds
         only tasks of block ``v`` of ``TrainState.structures``, so the step reads and
         writes each task's structure and energy within its block (:func:`gather_tasks`),
         which stays on the device holding that block when the data-axis size divides ``V``;
@@ -77,8 +77,8 @@ def gather_tasks(table: jax.Array, task_ids: jax.Array, shards: int = 1) -> jax.
     Args:
       table: ``[N, ...]`` per-task values (structures or energies).
       task_ids: int32 ``[B]``; with ``shards = V > 1``, slice ``v`` of ``B / V`` ids must lie
-        in block ``v`` of ``N / V`` rows (as :func:`~nri_modular.data.datasets.task_batches`
-        makes them; :func:`~nri_modular.data.datasets.check_block_local` checks a batch on
+        in block ``v`` of ``N / V`` rows (as :func:`~nri_modular.data.batching.task_batches`
+        makes them; :func:`~nri_modular.data.batching.check_block_local` checks a batch on
         the host). Inside jit an id outside its block is clamped, i.e. reads a wrong row.
         Written as a gather batched over the ``V`` blocks, so a task-sharded ``table``
         needs no communication when the data-axis size divides ``V``.

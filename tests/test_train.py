@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from conftest import REFERENCE_FLAGS, REPO, cli, final_state, reference_config, run_cli
 
+from nri_modular import reporting
+
 TIMING_KEYS = ("wall_seconds", "train_seconds", "test_search_seconds")
 
 
@@ -23,6 +25,9 @@ def test_ci_flagfile_smoke_run(trained_workdir):
         assert np.isfinite(results[key]) and results[key] >= 0
     assert "mse_10" in results and "mse_20" in results  # None: horizon 5 in the CI flags
     assert results["num_test_tasks"] == 8
+    table = reporting.format_run_results(results)
+    assert f"| edge accuracy (test) | {100 * results['edge_accuracy']:.2f}% |" in table
+    assert "| MSE 10 steps | n/a (horizon too short) |" in table
     with open(os.path.join(trained_workdir, "metrics.jsonl"), encoding="utf-8") as f:
         lines = [json.loads(line) for line in f]
     assert [m["step"] for m in lines] == [2, 4, 6, 8]
