@@ -24,7 +24,7 @@ the same global task order and builds only its own shard of each batch
 (:func:`put_batch`, via :func:`jax.make_array_from_callback`).
 
 Locality: with ``task_shards`` (``V`` virtual shards of the training tasks, see
-:func:`nri_modular.data.datasets.task_batches`) a multiple of the data-axis size, device
+:func:`nri_modular.data.batching.task_batches`) a multiple of the data-axis size, device
 ``d`` only ever sees the tasks ``[d N/D, (d+1) N/D)`` whose per-task state it holds: a
 host loads only those (:func:`local_task_rows`), and the step's per-task gathers and
 blocked edge layouts are batched over the ``V`` blocks, so they partition without
@@ -239,7 +239,7 @@ def local_task_rows(mesh: Mesh, num_tasks: int, task_shards: int) -> np.ndarray 
 
     With ``task_shards`` (``V``) a multiple of the data-axis size ``D`` (and ``D`` dividing
     ``num_tasks``), device ``d`` only sees tasks ``[d N/D, (d+1) N/D)`` (see
-    :func:`nri_modular.data.datasets.task_batches`), the same rows of the per-task state
+    :func:`nri_modular.data.batching.task_batches`), the same rows of the per-task state
     it holds; a host needs the union over its devices. Otherwise any device may see any
     task: None.
 
