@@ -38,8 +38,10 @@ def flagfile_config(path: str = TEST_FLAGS, **overrides):
             if not line.startswith("--"):
                 continue
             name, value = line[2:].split("=", 1)
-            if name not in fields:  # --workdir: not a Config field
+            if name in ("workdir", "flagfile"):  # not Config fields
                 continue
+            if name not in fields:
+                raise ValueError(f"{os.path.basename(path)}: unknown flag --{name}")
             default = getattr(defaults, fields[name].name)
             if isinstance(default, bool):
                 kwargs[name] = value.lower() in ("1", "true")
