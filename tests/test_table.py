@@ -1,0 +1,78 @@
+"""experiments/table.py (Tables 1-2) end to end on table_test.flags, and the table flagfiles."""
+
+import glob
+import json
+import os
+import sys
+
+import pytest
+from conftest import REPO, flagfile_config, run_checked
+
+from nri_modular.baselines import tables
+
+FLAGS_DIR = os.path.join(REPO, "experiments", "flags")
+TABLE_FLAGS = ("methods", "out", "baseline_learning_rate", "lr_decay_epochs", "mapping_tasks")
+DATA_EFFICIENCY_FLAGS = ("train_sizes", "steps", "out", "baseline_learning_rate", "mapping_tasks")
+
+
+def _config_part(path: str, own_flags, tmp_path) -> str:
+    """The flagfile without the script's own flags (those are not Config fields)."""
+    kept = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            name = line.strip()[2:].split("=", 1)[0] if line.startswith("--") else None
+            if name not in own_flags:
+                kept.append(line)
+    out = tmp_path / os.path.basename(path)
+    out.write_text("".join(kept))
+    return str(out)
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(glob.glob(os.path.join(FLAGS_DIR, "table_*.flags")))
+    + sorted(glob.glob(os.path.join(FLAGS_DIR, "data_efficiency*.flags"))),
+    ids=os.path.basename,
+)
+def test_table_flagfiles_build_valid_configs(path, tmp_path):
+    own = TABLE_FLAGS if "table_" in path else DATA_EFFICIENCY_FLAGS
+    flagfile_config(_config_part(path, own, tmp_path))  # unknown flags / bad values raise
+
+
+def test_table_runs_on_the_test_flagfile_and_a_rerun_loads(tmp_path, subprocess_env):
+    out = tmp_path / "table"
+    args = [
+        sys.executable,
+        os.path.join(REPO, "experiments", "table.py"),
+        f"--flagfile={os.path.join(FLAGS_DIR, 'table_test.flags')}",
+        f"--data_dir={tmp_path / 'data'}",
+        f"--out={out}",
+        "--methods=static,modular,nri_vae,corr_data",
+    ]
+    proc = run_checked(args, subprocess_env)
+    assert "Table 1 (springs)" in proc.stdout and "Table 2 (springs)" in proc.stdout
+    results = json.loads((out / "table.json").read_text())
+    assert list(results) == ["static", "modular", "nri_vae", "corr_data"]
+    for name, row in results.items():
+        assert set(tables.REPORTED) <= set(row), name
+    assert results["static"]["edge_accuracy"] is None
+    assert results["corr_data"]["mse_1"] is None
+    assert 0 <= results["modular"]["edge_accuracy"] <= 1
+    assert (out / "table.md").read_text().startswith("Table 1 (springs)")
+    # A rerun loads every finished method: same training times, same scores.
+    run_checked(args, subprocess_env)
+    again = json.loads((out / "table.json").read_text())
+    for name in results:
+        assert again[name]["train_seconds"] == results[name]["train_seconds"], name
+        assert again[name]["edge_accuracy"] == results[name]["edge_accuracy"], name
+        assert again[name]["mse_1"] == results[name]["mse_1"], name
+
+
+def test_format_tables_puts_published_numbers_beside_ours():
+    row = dict.fromkeys(tables.REPORTED, None) | {"train_seconds": 1.0}
+    text = tables.format_tables(
+        {"modular": row | {"edge_accuracy": 0.5, "mse_1": 1e-3}, "static": row}, "charged"
+    )
+    assert "| Modular meta-l. (ours) | 50.0 | 88.4 | 1 |" in text
+    assert "| Static | - | - | - | 5.09e-03 | 2.26e-02 | 1 |" in text
+    assert "Supervised" not in text  # rows not run are left out
