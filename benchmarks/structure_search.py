@@ -69,31 +69,11 @@ from nri_modular.modules import ModuleBank
 config_lib.define_flags(flags)
 FLAGS = flags.FLAGS
 # Config fields this benchmark reads, and its defaults where they differ from Config's.
-CONFIG_FLAGS = (
-    "data_dir",
-    "num_particles",
-    "num_train",
-    "num_valid",
-    "num_test",
-    "data_seed",
-    "num_modules",
-    "edge_hidden",
-    "node_hidden",
-    "seed",
-    "batch_size",
-    "num_epochs",
-    "learning_rate",
-    "p",
-    "sa_steps",
-    "uniform_mix",
-    "exact_stride",
-    "proposal_hidden",
-    "proposal_learning_rate",
-    "test_sa_steps",
-    "test_t_start",
-    "test_t_end",
-    "test_batch_size",
-    "obs_frames",
+CONFIG_FLAGS = tuple(
+    "data_dir num_particles num_train num_valid num_test data_seed num_modules edge_hidden "
+    "node_hidden seed batch_size num_epochs learning_rate p sa_steps uniform_mix exact_stride "
+    "proposal_hidden proposal_learning_rate test_sa_steps test_t_start test_t_end "
+    "test_batch_size obs_frames".split()
 )
 DEFAULTS = {
     "learning_rate": 2e-3,

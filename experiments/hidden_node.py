@@ -14,8 +14,8 @@ import importlib.util
 
 from absl import app, flags, logging
 
+from nri_modular import cli, reporting
 from nri_modular import hidden_node_experiment as experiment
-from nri_modular import reporting
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/hidden_node_demo", "Model, results and figure.")
@@ -47,6 +47,7 @@ def main(argv):
             'pip install -e ".[plots]"'
         )
     logging.set_verbosity(logging.INFO)
+    cli.quiet_library_logs()  # no Orbax INFO lines when the model is saved
     kwargs = {}
     for field in dataclasses.fields(experiment.ExperimentConfig):
         value = getattr(FLAGS, field.name)
