@@ -24,10 +24,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from nri_modular import graph
 from nri_modular.data import physics
@@ -356,6 +359,18 @@ def generate_dataset(
     if not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     physics.system_config(system, **overrides)
+    check_writable(out_dir)
+    logging.info(
+        "generating the %s%d dataset (train/valid/test: %d/%d/%d simulations, seed %d) in %s",
+        system,
+        num_particles,
+        num_train,
+        num_valid,
+        num_test,
+        seed,
+        out_dir,
+    )
+    start = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
     meta_path = os.path.join(out_dir, meta_file_name(system, num_particles))
     if os.path.exists(meta_path):  # the files are about to change: the old meta is stale
@@ -398,6 +413,14 @@ def generate_dataset(
     )
     _write_text_atomic(meta_path, json.dumps(meta, indent=1, sort_keys=True))
     written[os.path.basename(meta_path)] = meta_path
+    logging.info(
+        "wrote the %s%d dataset (%d files) to %s in %.1f s",
+        system,
+        num_particles,
+        len(written),
+        out_dir,
+        time.perf_counter() - start,
+    )
     return written
 
 
@@ -573,6 +596,80 @@ def load_dataset(
     )
 
 
+# Kipf's layout: {kind}_{split}_{system}{n}.npy (ours, the released files, the reference
+# NRI generator's output).
+_KIPF_FILE = re.compile(r"^(loc|vel|edges)_(train|valid|test)_([A-Za-z_]+?)(\d+)\.npy$")
+
+
+def folder_datasets(data_dir: str) -> dict[tuple[str, int], dict]:
+    """The Kipf-layout datasets a folder holds, whoever wrote them.
+
+    Args:
+      data_dir: any directory (missing: empty result).
+
+    Returns:
+      ``{(system, n): {"splits": {split: sims or None}, "kinds": {split: kinds},
+      "ours": bool}}``: ``sims`` is the ``loc`` file's first axis (None when it is
+      missing or unreadable); ``ours`` means ``meta_{system}{n}.json`` is present and
+      readable, i.e. :func:`generate_dataset` wrote the files.
+    """
+    if not os.path.isdir(data_dir):
+        return {}
+    found: dict[tuple[str, int], dict] = {}
+    for name in sorted(os.listdir(data_dir)):
+        match = _KIPF_FILE.match(name)
+        if match is None:
+            continue
+        kind, split, system, n = match.groups()
+        entry = found.setdefault((system, int(n)), {"splits": {}, "kinds": {}})
+        entry["kinds"].setdefault(split, []).append(kind)
+        if kind == "loc":
+            try:
+                shape = np.load(os.path.join(data_dir, name), mmap_mode="r").shape
+                entry["splits"][split] = int(shape[0]) if shape else None
+            except (EOFError, OSError, ValueError):
+                entry["splits"][split] = None
+        else:
+            entry["splits"].setdefault(split, None)
+    for (system, n), entry in found.items():
+        meta_path = os.path.join(data_dir, meta_file_name(system, n))
+        entry["ours"] = os.path.exists(meta_path) and _read_meta(meta_path) is not None
+    return found
+
+
+def describe_datasets(datasets_found: Mapping[tuple[str, int], dict]) -> str:
+    """One line per dataset of :func:`folder_datasets`, e.g.
+    ``springs10 (train 50000, valid 10000 simulations; no meta file: not written by us)``."""
+    parts = []
+    for (system, n), entry in sorted(datasets_found.items()):
+        splits = ", ".join(
+            f"{split} {'?' if sims is None else sims}"
+            for split, sims in sorted(entry["splits"].items(), key=lambda kv: SPLITS.index(kv[0]))
+        )
+        origin = "ours" if entry["ours"] else f"no {meta_file_name(system, n)}: not written by us"
+        parts.append(f"{system}{n} ({splits} simulations; {origin})")
+    return "; ".join(parts)
+
+
+def check_writable(data_dir: str) -> None:
+    """Raises unless every Kipf-layout ``.npy`` in ``data_dir`` was written by us.
+
+    A folder holding any such file without our ``meta_{system}{n}.json`` (Kipf's released
+    files, the reference generator's output, a copy of a few splits) is never written into.
+
+    Raises:
+      ValueError: naming the folder and what it holds.
+    """
+    held = folder_datasets(data_dir)
+    foreign = {key: entry for key, entry in held.items() if not entry["ours"]}
+    if foreign:
+        raise ValueError(
+            f"{data_dir} holds {describe_datasets(foreign)}: refusing to write a dataset "
+            "into a folder with files we did not write; generate into another folder "
+            "(--data_dir / --out_dir)"
+        )
+
+
 def _read_meta(path: str) -> dict | None:
     try:
         with open(path, encoding="utf-8") as f:
@@ -604,6 +701,10 @@ def ensure_dataset(
     * all files present but no meta (e.g. Kipf's released files): load them if their
       simulation counts match the request, else raise ``ValueError`` rather than
       overwrite data we did not write.
+    * any other Kipf-layout file without our meta (some splits only, another particle
+      count or system): ``ValueError`` naming what the folder holds; nothing is written
+      (see :func:`check_writable`). Our own datasets of other systems or sizes may share
+      the folder (generating beside them is logged with what the folder holds).
 
     Args:
       data_dir, system, num_train, num_valid, num_test, seed, num_particles: as in
@@ -627,8 +728,12 @@ def ensure_dataset(
     have_all = all(os.path.exists(os.path.join(data_dir, f)) for f in names)
     meta_path = os.path.join(data_dir, meta_file_name(system, num_particles))
     meta = _read_meta(meta_path) if os.path.exists(meta_path) else None
-    foreign = have_all and meta is None and not regenerate
-    if foreign:
+    held = folder_datasets(data_dir)
+    asked = (system, num_particles)
+    foreign = {key: entry for key, entry in held.items() if not entry["ours"]}
+    if regenerate:
+        check_writable(data_dir)  # raises, naming the files we did not write
+    if asked in foreign and have_all:  # e.g. Kipf's released files: read, never written
         requested = {"train": num_train, "valid": num_valid, "test": num_test}
         for split in SPLITS:
             path = os.path.join(data_dir, file_name("loc", split, system, num_particles))
@@ -637,9 +742,34 @@ def ensure_dataset(
                 raise ValueError(
                     f"{path} has {sims} simulations but num_{split}={requested[split]}, and "
                     f"{data_dir} has no {meta_file_name(system, num_particles)} (not written "
-                    "by us): refusing to overwrite it; use another data_dir or regenerate=True"
+                    "by us): refusing to overwrite it; use another data_dir"
                 )
+    elif foreign:
+        others = {key: entry for key, entry in foreign.items() if key != asked}
+        hint = (
+            f"; to use them set --system / --num_particles to match (asked: {system}, "
+            f"num_particles={num_particles})"
+            if others
+            else ""
+        )
+        raise ValueError(
+            f"{data_dir} holds {describe_datasets(foreign)}, but the {system}{num_particles} "
+            f"dataset asked for is not complete there ({len(names)} files needed): refusing "
+            "to write into a folder with files we did not write" + hint + ", or use another "
+            "--data_dir"
+        )
     elif regenerate or not have_all or meta != wanted:
+        beside = {key: entry for key, entry in held.items() if key != asked}
+        if beside:
+            logging.info("%s also holds %s", data_dir, describe_datasets(beside))
+        if meta is not None and meta != wanted and have_all:
+            logging.info(
+                "%s holds a %s%d dataset made with other arguments (%s): regenerating it",
+                data_dir,
+                system,
+                num_particles,
+                ", ".join(k for k in wanted if meta.get(k) != wanted[k]),
+            )
         generate_dataset(
             system,
             data_dir,
