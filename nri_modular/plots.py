@@ -66,3 +66,54 @@ def hidden_node_figure(systems, inferred: np.ndarray, mse: np.ndarray, path: str
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def upper_bound_curves(rows: list[dict], path: str, title: str = "") -> None:
+    """Learning curves of ``experiments/upper_bound.py`` against training wall time.
+
+    Three panels, one line per arm (``upper_bound``: modules trained on the true
+    relations; ``bouncegrad``): valid edge accuracy after the meta-test search (o) and of
+    its exact one-step starting point (x), valid one-step MSE with the true graph, and the
+    training loss.
+
+    Args:
+      rows: the rows of ``curve.jsonl``; each has ``arm``, ``train_seconds``,
+        ``valid_edge_accuracy``, ``valid_exact_init_accuracy``, ``valid_mse1_true_graph``
+        and ``loss`` (NaN where not measured).
+      path: the PNG to write.
+      title: figure title (e.g. the budget).
+    """
+    required = ("arm", "train_seconds", "valid_exact_init_accuracy", "valid_mse1_true_graph")
+    missing = sorted({k for r in rows for k in required if k not in r})
+    if not rows or missing:
+        raise ValueError(f"need curve rows with keys {required}; missing {missing or 'rows'}")
+    plt = _pyplot()
+    panels = (
+        (
+            "valid edge accuracy",
+            (("valid_edge_accuracy", "o-"), ("valid_exact_init_accuracy", "x--")),
+        ),
+        ("valid 1-step MSE, true graph", (("valid_mse1_true_graph", "o-"),)),
+        ("training loss (p-step rollout)", (("loss", "o-"),)),
+    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(15, 4.2))
+    arms = sorted({r["arm"] for r in rows})
+    for ax, (name, series) in zip(axes, panels, strict=True):
+        for color, arm in enumerate(arms):
+            for key, style in series:
+                pts = [r for r in rows if r["arm"] == arm and np.isfinite(r.get(key, np.nan))]
+                if pts:
+                    label = arm if len(series) == 1 else f"{arm}, {key.split('_')[1]}"
+                    times = [r["train_seconds"] / 60 for r in pts]
+                    ax.plot(times, [r[key] for r in pts], style, color=f"C{color}", label=label)
+        ax.set_title(name)
+        ax.set_xlabel("training wall time (min)")
+        if name != "valid edge accuracy":
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,399 @@
+"""What caps edge accuracy at a budget: modules trained on the TRUE relations, then searched.
+
+  python experiments/upper_bound.py --flagfile=experiments/flags/charged_demo.flags \
+      --workdir=/tmp/ub --num_valid=500 --max_seconds=300
+
+Two arms at the same budget (training tasks, widths, steps, wall time), both scored on the
+**valid** split exactly as meta-test scores the test split (exact local moves + annealing on
+frames ``0..obs_frames-1``, ``--test_*`` flags):
+
+* ``upper_bound``: the module bank trained with every training task's true relations as its
+  structure (no search during training: BounceGrad with ``sa_steps=0`` and the structures
+  set to the labels). What search can reach with modules fitted this well.
+* ``bouncegrad``: BounceGrad as configured (structures searched during training).
+
+Every ``--eval_every_seconds`` of training (the clock excludes evaluation) each arm writes a
+curve point to ``<workdir>/curve.jsonl``: valid edge accuracy after search (and of the
+exact one-step optimum alone), valid one-step MSE with the true graph, the training loss,
+training seconds and the machine's load; ``<workdir>/curve.png`` plots them against
+training wall time. Every flag of :class:`nri_modular.Config` applies (see --helpfull).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags, logging
+
+from nri_modular import config as config_lib
+from nri_modular import plots
+
+ARMS = ("upper_bound", "bouncegrad")
+
+config_lib.define_flags(flags, system_default="charged")
+flags.DEFINE_multi_enum("arm", list(ARMS), list(ARMS), "Which arms to train and score.")
+flags.DEFINE_float("max_seconds", 0.0, "Training wall-time budget per arm (0: num_epochs only).")
+flags.DEFINE_float("eval_every_seconds", 60.0, "Training seconds between curve points.")
+flags.DEFINE_integer("curve_valid", 200, "Valid tasks scored at intermediate curve points.")
+flags.DEFINE_bool(
+    "curve_search",
+    True,
+    "Intermediate curve points run the meta-test search (else only its exact one-step "
+    "starting point, much cheaper); the final point always searches.",
+)
+flags.DEFINE_integer(
+    "data_num_train",
+    0,
+    "Training tasks in --data_dir's dataset (0: num_train); a run uses "
+    "the first num_train of them, so one cached dataset serves every budget.",
+)
+flags.DEFINE_integer("data_num_valid", 0, "Valid tasks in the dataset (0: num_valid).")
+flags.DEFINE_float(
+    "final_lr", 0.0, "Cosine-decay the learning rate to this over num_epochs (0: constant)."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """When an arm stops training: ``total_steps`` BounceGrad steps or ``max_seconds``."""
+
+    total_steps: int
+    max_seconds: float = 0.0
+    eval_every_seconds: float = 60.0
+
+    def __post_init__(self):
+        if self.total_steps <= 0:
+            raise ValueError(f"total_steps must be positive, got {self.total_steps}")
+        if self.max_seconds < 0:
+            raise ValueError(f"max_seconds must be >= 0, got {self.max_seconds}")
+        if self.eval_every_seconds <= 0:
+            raise ValueError(f"eval_every_seconds must be positive, got {self.eval_every_seconds}")
+
+
+def label_structures(labels: np.ndarray, mapping: np.ndarray) -> np.ndarray:
+    """The module structure whose mapped relations are ``labels``.
+
+    Args:
+      labels: int32 ``[N, E]`` relation types.
+      mapping: int32 ``[K]`` module -> relation type (one-to-one on the types).
+
+    Returns:
+      int32 ``[N, E]``: for each edge, the module ``k`` with ``mapping[k] == labels``.
+    """
+    mapping = np.asarray(mapping)
+    inverse = np.full(int(max(mapping.max(), labels.max())) + 1, -1, np.int32)
+    for k, t in enumerate(mapping):
+        if inverse[t] < 0:
+            inverse[t] = k
+    out = inverse[labels]
+    if (out < 0).any():
+        missing = sorted(set(np.unique(labels[out < 0]).tolist()))
+        raise ValueError(f"relation types {missing} have no module in mapping {mapping.tolist()}")
+    return out.astype(np.int32)
+
+
+def one_step_mse(bank, params, states: np.ndarray, structures: np.ndarray, batch_size: int):
+    """Teacher-forced one-step MSE (normalised units), mean over tasks, frames, nodes, dims.
+
+    Args:
+      states: ``[N, T, n, 4]``; structures: int32 ``[N, E]``.
+    """
+    from nri_modular import gnn
+    from nri_modular.data import batching
+
+    def per_task(p, s, st):
+        preds, targets, _ = gnn.rollout_predictions(bank, p, s, st, 1)
+        return jnp.square(preds - targets).mean(axis=(1, 2, 3, 4))
+
+    fn = jax.jit(per_task)
+    total = 0.0
+    indices, mask = batching.eval_batches(states.shape[0], batch_size)
+    for idx, valid in zip(indices, mask, strict=True):
+        losses = np.asarray(fn(params, jnp.asarray(states[idx]), jnp.asarray(structures[idx])))
+        total += float(losses[valid].sum())
+    return total / states.shape[0]
+
+
+def exact_init_structures(bank, params, states: np.ndarray, batch_size: int) -> np.ndarray:
+    """The exact argmin of the one-step loss (meta-test search's starting point), per task.
+
+    Args:
+      states: ``[N, T, n, 4]``.
+
+    Returns:
+      int32 ``[N, n(n-1)]``.
+    """
+    from nri_modular import gnn
+    from nri_modular import structure as structure_lib
+    from nri_modular.data import batching
+
+    n, k = states.shape[2], bank.num_modules
+    configs = jnp.asarray(structure_lib.incoming_configs(n, k))
+
+    @jax.jit
+    def best(p, s):
+        scores = gnn.incoming_config_losses(bank, p, s, configs)
+        return structure_lib.exact_best_structure(scores, n, k)
+
+    indices, mask = batching.eval_batches(states.shape[0], batch_size)
+    out = [
+        np.asarray(best(params, jnp.asarray(states[i])))[m]
+        for i, m in zip(indices, mask, strict=True)
+    ]
+    return np.concatenate(out)
+
+
+def score_valid(
+    config, bank, params, valid, mapping, key, num_tasks: int, search: bool = True
+) -> dict:
+    """Meta-test search on the first ``num_tasks`` valid tasks; accuracy and one-step MSEs.
+
+    ``search=False`` scores only the exact one-step optimum (search's starting point, one
+    batched pass): ``valid_edge_accuracy`` and ``valid_mse1_searched`` are then NaN.
+    """
+    import nri_modular as nm
+    from nri_modular import evaluate
+
+    states = valid.states[:num_tasks]
+    labels = valid.labels[:num_tasks]
+    observed = states[:, : config.obs_frames]
+    start = time.time()
+    b = min(config.test_batch_size, num_tasks)
+    init = exact_init_structures(bank, params, observed, b)
+    accuracy = mse_searched = float("nan")
+    if search:
+        structures, _ = nm.search_structures(
+            bank, params, observed, key, evaluate.search_config(config)
+        )
+        accuracy = nm.edge_accuracy(structures, labels, mapping)
+        mse_searched = one_step_mse(bank, params, states, structures, b)
+    true_structures = label_structures(labels, mapping)
+    return {
+        "valid_edge_accuracy": accuracy,
+        "valid_exact_init_accuracy": nm.edge_accuracy(init, labels, mapping),
+        "valid_mse1_true_graph": one_step_mse(bank, params, states, true_structures, b),
+        "valid_mse1_searched": mse_searched,
+        "num_valid_scored": int(num_tasks),
+        "eval_seconds": time.time() - start,
+    }
+
+
+def load_average() -> float:
+    """The 1-minute load average (NaN where the OS does not report one)."""
+    try:
+        return float(os.getloadavg()[0])
+    except OSError:
+        return float("nan")
+
+
+def run_arm(
+    arm: str,
+    config,
+    data,
+    budget: Budget,
+    curve_valid: int,
+    write,
+    workdir: str,
+    final_lr: float = 0.0,
+    curve_search: bool = True,
+) -> dict:
+    """Trains one arm within ``budget``, writing a curve point every ``eval_every_seconds``.
+
+    Args:
+      arm: ``"upper_bound"`` (true relations, no search) or ``"bouncegrad"``.
+      data: the loaded :class:`nri_modular.Dataset` (train and valid splits used).
+      write: called with each curve row (a dict).
+      workdir: the final parameters go to ``<workdir>/params_<arm>.msgpack``.
+
+    Returns:
+      The final curve row (all valid tasks scored).
+    """
+    import nri_modular as nm
+
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
+    if config.proposal == "blocked_gibbs":
+        raise ValueError("the diagnostic trains without a proposal network; use another proposal")
+    n = config.num_particles
+    train_split, valid = data.train, data.valid
+    bank = config_lib.build_bank(config)
+    lr = config.learning_rate
+    if final_lr:
+        lr = optax.cosine_decay_schedule(lr, budget.total_steps, alpha=final_lr / lr)
+    optimizer = optax.adam(lr)
+    bg_config = config_lib.bouncegrad_config(config)
+    if arm == "upper_bound":
+        bg_config = dataclasses.replace(bg_config, sa_steps=0)
+    step_fn = jax.jit(nm.make_bouncegrad_step(bank, optimizer, bg_config, n), donate_argnums=0)
+    state = nm.init_train_state(
+        jax.random.PRNGKey(config.seed),
+        bank,
+        optimizer,
+        config.num_train,
+        n,
+        initial_temperature=config.initial_temperature,
+    )
+    if arm == "upper_bound":
+        state = state.replace(structures=jnp.asarray(train_split.labels, jnp.int32))
+    states_np, labels_np = np.asarray(train_split.states), train_split.labels
+    steps_per_epoch = config.num_train // config.batch_size
+    key = jax.random.PRNGKey(config.seed + 1)
+    trained, losses, step, next_eval = 0.0, [], 0, budget.eval_every_seconds
+
+    def point(final: bool) -> dict:
+        structures = np.asarray(state.structures)
+        mapping = nm.module_mapping(structures, labels_np, config.num_modules, num_types=2)
+        count = valid.num_tasks if final else min(curve_valid, valid.num_tasks)
+        scores = score_valid(
+            config, bank, state.params, valid, mapping, key, count, final or curve_search
+        )
+        out = {
+            "arm": arm,
+            "final": final,
+            "step": step,
+            "tasks_seen": step * config.batch_size,
+            "epoch": step / steps_per_epoch,
+            "train_seconds": trained,
+            "loss": float(np.mean(losses)) if losses else float("nan"),
+            "train_edge_accuracy": nm.edge_accuracy(structures, labels_np, mapping),
+            "load1": load_average(),
+            **scores,
+        }
+        write(out)
+        return out
+
+    while step < budget.total_steps:
+        epoch, offset = divmod(step, steps_per_epoch)
+        order = nm.task_batches(config.num_train, config.batch_size, config.seed, epoch)
+        for ids in order[offset:]:
+            t0 = time.time()
+            batch = nm.Batch(
+                task_ids=jnp.asarray(ids),
+                states=jnp.asarray(states_np[ids]),
+                labels=jnp.asarray(labels_np[ids]),
+            )
+            state, metrics = step_fn(state, batch)
+            losses.append(float(metrics["loss"]))  # blocks: the clock measures the step
+            trained += time.time() - t0
+            step += 1
+            if step % config.log_every == 0:
+                logging.info(
+                    "%s step %d/%d | loss %.3e | %.0f s training | load %.1f",
+                    arm,
+                    step,
+                    budget.total_steps,
+                    np.mean(losses[-config.log_every :]),
+                    trained,
+                    load_average(),
+                )
+            out_of_time = budget.max_seconds and trained >= budget.max_seconds
+            if step >= budget.total_steps or out_of_time:
+                break
+            if trained >= next_eval:
+                point(final=False)
+                losses, next_eval = [], trained + budget.eval_every_seconds
+        if budget.max_seconds and trained >= budget.max_seconds:
+            break
+    final = point(final=True)
+    with open(os.path.join(workdir, f"params_{arm}.msgpack"), "wb") as out:
+        out.write(flax.serialization.to_bytes(state.params))
+    return final
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import nri_modular as nm
+
+    logging.set_verbosity(logging.INFO)
+    f = flags.FLAGS
+    config = config_lib.config_from_flags(f)
+    workdir = f.workdir or f"runs/upper_bound_{config.system}"
+    os.makedirs(workdir, exist_ok=True)
+    data_train = f.data_num_train or config.num_train
+    data_valid = f.data_num_valid or config.num_valid
+    if data_train < config.num_train or data_valid < config.num_valid:
+        raise ValueError(
+            f"data_num_train/valid ({data_train}, {data_valid}) must be >= num_train/valid "
+            f"({config.num_train}, {config.num_valid})"
+        )
+    if config.num_valid <= 0:
+        raise ValueError("the diagnostic scores the valid split: --num_valid must be positive")
+    data = nm.ensure_dataset(
+        config.data_dir,
+        config.system,
+        data_train,
+        data_valid,
+        config.num_test,
+        seed=config.data_seed,
+        num_particles=config.num_particles,
+        train_rows=np.arange(config.num_train) if data_train > config.num_train else None,
+    )
+    train_split, valid = data.train, data.valid
+    if data_train > config.num_train:  # the first num_train tasks, as a plain array
+        train_split = nm.Split(
+            np.asarray(train_split.states.data), train_split.labels[: config.num_train]
+        )
+    if data_valid > config.num_valid:
+        valid = nm.Split(valid.states[: config.num_valid], valid.labels[: config.num_valid])
+    data = nm.Dataset(
+        data.system, data.num_particles, data.normalization, {"train": train_split, "valid": valid}
+    )
+    budget = Budget(
+        total_steps=config.num_epochs * (config.num_train // config.batch_size),
+        max_seconds=f.max_seconds,
+        eval_every_seconds=f.eval_every_seconds,
+    )
+    curve_path = os.path.join(workdir, "curve.jsonl")
+    rows = []
+
+    def write(row):
+        rows.append(row)
+        with open(curve_path, "a", encoding="utf-8") as out:
+            out.write(json.dumps(row) + "\n")
+        logging.info(
+            "%s step %d (%.0f s): valid acc %.4f (exact init %.4f) | mse1 true %.3e | loss %.3e",
+            row["arm"],
+            row["step"],
+            row["train_seconds"],
+            row["valid_edge_accuracy"],
+            row["valid_exact_init_accuracy"],
+            row["valid_mse1_true_graph"],
+            row["loss"],
+        )
+
+    finals = {
+        arm: run_arm(
+            arm, config, data, budget, f.curve_valid, write, workdir, f.final_lr, f.curve_search
+        )
+        for arm in f.arm
+    }
+    title = (
+        f"{config.system}: {config.num_train} training tasks, widths {config.edge_hidden}, "
+        f"batch {config.batch_size}, lr {config.learning_rate:g}; {config.num_valid} valid tasks"
+    )
+    try:
+        plots.upper_bound_curves(rows, os.path.join(workdir, "curve.png"), title)
+    except ImportError as e:
+        logging.warning("no curve.png: %s", e)
+    print(f"{config.system}, {config.num_train} training tasks, {config.num_valid} valid tasks")
+    print("| arm | steps | train s | valid edge acc | exact-init acc | valid MSE-1 true graph |")
+    print("|---|---|---|---|---|---|")
+    for arm, r in finals.items():
+        print(
+            f"| {arm} | {r['step']} | {r['train_seconds']:.0f} | "
+            f"{100 * r['valid_edge_accuracy']:.2f}% | {100 * r['valid_exact_init_accuracy']:.2f}% "
+            f"| {r['valid_mse1_true_graph']:.3e} |"
+        )
+
+
+if __name__ == "__main__":
+    app.run(main)

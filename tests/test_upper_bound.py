@@ -1,0 +1,118 @@
+"""experiments/upper_bound.py: the true-relations upper bound next to BounceGrad, on valid."""
+
+import importlib.util
+import itertools
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import REPO, flagfile_config
+
+from nri_modular import gnn, plots
+from nri_modular.modules import ModuleBank
+
+_spec = importlib.util.spec_from_file_location(
+    "upper_bound", os.path.join(REPO, "experiments", "upper_bound.py")
+)
+ub = sys.modules["upper_bound"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ub)
+
+
+def test_label_structures_inverts_the_module_map():
+    labels = np.array([[0, 1, 1], [1, 0, 0]], np.int32)
+    np.testing.assert_array_equal(ub.label_structures(labels, np.array([0, 1])), labels)
+    np.testing.assert_array_equal(ub.label_structures(labels, np.array([1, 0])), 1 - labels)
+    # Three modules, two types: the first module mapped to a type computes it.
+    np.testing.assert_array_equal(ub.label_structures(labels, np.array([1, 1, 0])), 2 - 2 * labels)
+    with pytest.raises(ValueError, match=r"relation types \[1\] have no module"):
+        ub.label_structures(labels, np.array([0, 0]))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"total_steps": 0}, "total_steps"),
+        ({"total_steps": 5, "max_seconds": -1.0}, "max_seconds"),
+        ({"total_steps": 5, "eval_every_seconds": 0.0}, "eval_every_seconds"),
+    ],
+)
+def test_budget_rejects_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ub.Budget(**kwargs)
+
+
+def _bank_params_states(n=3, frames=5, tasks=2):
+    bank = ModuleBank(2, (8, 8), (8, 8))
+    params = bank.init(jax.random.PRNGKey(0))
+    states = np.asarray(jax.random.normal(jax.random.PRNGKey(1), (tasks, frames, n, 4)))
+    return bank, params, states
+
+
+def test_one_step_mse_is_the_mean_teacher_forced_error():
+    bank, params, states = _bank_params_states(tasks=3)
+    structures = np.array([[0, 1, 1, 0, 1, 0], [1, 1, 1, 1, 1, 1], [0] * 6], np.int32)
+    errors = []
+    for t in range(states.shape[1] - 1):
+        pred = gnn.rollout(bank, params, jnp.asarray(states[:, t]), structures, 1)[:, 0]
+        errors.append(np.square(np.asarray(pred) - states[:, t + 1]).mean(axis=(1, 2)))
+    expected = float(np.mean(errors))
+    # Batches of 2 pad the last one: the padding must not count.
+    got = ub.one_step_mse(bank, params, states, structures, batch_size=2)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_exact_init_is_the_argmin_of_the_one_step_loss_over_all_structures():
+    bank, params, states = _bank_params_states()
+    every = np.array(list(itertools.product(range(2), repeat=6)), np.int32)  # [64, E]
+    for task in range(states.shape[0]):
+        reps = jnp.asarray(np.repeat(states[task : task + 1], len(every), axis=0))
+        losses = np.asarray(gnn.rollout_loss(bank, params, reps, jnp.asarray(every), 1))
+        best = ub.exact_init_structures(bank, params, states, batch_size=1)[task]
+        assert losses[every.tolist().index(best.tolist())] <= losses.min() * (1 + 1e-5)
+
+
+def _curve_rows(tmp_path, arm, **overrides):
+    from nri_modular.data import loading
+
+    config = flagfile_config(data_dir=str(tmp_path / "data"), num_valid=6, **overrides)
+    data = loading.load_data(config)
+    rows = []
+    budget = ub.Budget(total_steps=3, eval_every_seconds=1e-6)
+    final = ub.run_arm(arm, config, data, budget, 4, rows.append, str(tmp_path))
+    return config, data, rows, final
+
+
+def test_upper_bound_arm_trains_on_the_labels_and_writes_curve_points(tmp_path):
+    config, data, rows, final = _curve_rows(tmp_path, "upper_bound", test_sa_steps=2)
+    assert [r["step"] for r in rows] == [1, 2, 3] and [r["final"] for r in rows][-1]
+    # Intermediate points score 4 valid tasks, the final one all 6 (with search).
+    assert [r["num_valid_scored"] for r in rows] == [4, 4, 6]
+    for r in rows:
+        assert r["train_edge_accuracy"] == 1.0  # the structures stayed the labels
+        assert np.isfinite(r["valid_exact_init_accuracy"]) and r["valid_mse1_true_graph"] > 0
+    assert np.isfinite(final["valid_edge_accuracy"]) and final["tasks_seen"] == 3 * 10
+    assert os.path.exists(tmp_path / "params_upper_bound.msgpack")
+    png = tmp_path / "curve.png"
+    plots.upper_bound_curves(json.loads(json.dumps(rows)), str(png), "tiny")
+    assert png.stat().st_size > 0
+
+
+def test_bouncegrad_arm_searches_structures(tmp_path):
+    _, data, rows, final = _curve_rows(tmp_path, "bouncegrad", test_sa_steps=2, sa_steps=4)
+    # Random initial structures (not the labels), then searched: near chance at first.
+    assert rows[0]["train_edge_accuracy"] < 0.9
+    assert [r["arm"] for r in rows] == ["bouncegrad"] * 3 and final["step"] == 3
+    assert final["train_edge_accuracy"] == rows[-1]["train_edge_accuracy"]
+    del data
+
+
+def test_unknown_arm_and_missing_curve_keys_are_errors(tmp_path):
+    config = flagfile_config()
+    with pytest.raises(ValueError, match="unknown arm 'oracle'"):
+        ub.run_arm("oracle", config, None, ub.Budget(1), 1, print, str(tmp_path))
+    with pytest.raises(ValueError, match="missing"):
+        plots.upper_bound_curves([{"arm": "upper_bound"}], str(tmp_path / "x.png"))
