@@ -36,8 +36,9 @@ the ``G = B * C`` axis of one rollout) and jitted:
 
 ``existence_scores`` compares the best loss with a latent node (edges searched) against
 the best loss without an interacting one (a latent node whose edges are all the "no
-relation" module; see :func:`existence_test` for why not the ``n - 1`` particles alone):
-a large ratio means an unobserved particle is pulling on the observed ones.
+relation" module; :func:`nri_modular.hidden_node_experiment.existence_test` says why not
+the ``n - 1`` particles alone): a large ratio means an unobserved particle is pulling on
+the observed ones.
 
 Dynamics are abstract (``DynamicsFn``): the learned GNN (:func:`gnn_dynamics`) in the
 experiment, the exact springs integrator (:func:`springs_dynamics`) as a planted model

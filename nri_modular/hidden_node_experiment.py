@@ -117,6 +117,7 @@ EXISTENCE_BASELINES = ("null_latent", "observed_only")
 
 
 def model_meta(config: ExperimentConfig) -> dict:
+    """What the true-edges model is trained with (saved beside it, compared on load)."""
     keys = ("num_particles", "num_train", "data_seed", "edge_hidden", "node_hidden")
     keys += ("batch_size", "num_epochs", "learning_rate", "final_learning_rate", "p", "seed")
     return {
