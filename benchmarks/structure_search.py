@@ -1,14 +1,29 @@
 r"""Meta-test structure search: the 2018 loop vs batched SA vs learned / exact blocked moves.
 
-  python benchmarks/structure_search.py --quick --out=runs/structure_search_quick.json
   python benchmarks/structure_search.py --out=runs/structure_search.json   # 1,000 tasks each
+  python benchmarks/structure_search.py --supervised --out=runs/structure_search_sup.json
+  python benchmarks/structure_search.py --systems= --meta_train_compare --out=runs/meta.json
 
-With the same trained modules (trained once on the TRUE training structures by
-:func:`nri_modular.baselines.true_edges.train_true_edges`, the proposal network trained in
-the same compiled step with those structures as targets; both saved with
-:func:`nri_modular.checkpoints.save_model` under ``--cache_dir`` and reused) and the same
-test tasks (first ``--obs_frames`` frames observed), it measures for each method the wall
-time to reach 99% of its own final edge accuracy, and the final accuracy:
+The modules and the learned proposal are, by default, those of a finished **BounceGrad
+meta-training run** per system (``--springs_workdir`` / ``--charged_workdir``, or
+``--workdir`` with one system): the paper's setting, where no relation label is used in
+training. The proposal network of such a run (``--test_proposal=blocked_gibbs``) is trained
+inside the BounceGrad step with the structures annealing has just accepted as its targets
+(:func:`nri_modular.bouncegrad.make_bouncegrad_step`, step 3). Modules are unlabelled, so
+edge accuracy maps modules to relation types once, on the run's training structures
+(:func:`nri_modular.metrics.module_mapping`), as every meta-test does. A missing or
+unfinished run is an error naming the command that makes it (the demo flagfile with
+``--test_proposal=blocked_gibbs``; minutes on a CPU).
+
+``--supervised`` instead trains modules and proposal on the TRUE training relations
+(:func:`nri_modular.baselines.true_edges.train_true_edges`, module ``k`` = relation type
+``k``, the proposal a supervised edge classifier; saved with
+:func:`nri_modular.checkpoints.save_model` under ``--cache_dir`` and reused); its rows are
+labelled "supervised". It is not the paper's setting: the proposal then knows the labels.
+
+With those modules and the same test tasks (first ``obs_frames`` frames observed), it
+measures for each method the wall time to reach 99% of its own final edge accuracy, and the
+final accuracy:
 
   (a) the 2018 way: one task at a time, uniform single-edge proposals, a Python loop over
       tasks and steps calling a jitted one-task SA step. Run on ``--loop_tasks`` tasks;
@@ -21,27 +36,33 @@ time to reach 99% of its own final edge accuracy, and the final accuracy:
 
 Every method runs ``--test_sa_steps`` steps with the same geometric temperature schedule
 (``--test_t_start`` to ``--test_t_end``), in
-chunks of ``--chunk`` steps; accuracy is recorded after initialisation (step 0: the
-initial structures, random / the proposal's argmax / the exact one-step optimum) and after
-every chunk, with a timestamp taken after ``block_until_ready``. Evaluating the initial
-structures' energies (which annealing needs, the structures do not) is charged to the
-first chunk of (b)-(d) and to each task's initialisation in (a). Compilation is done ahead
-of time (``jit(...).lower(...).compile()``), reported separately and excluded. Edge
-accuracy uses the identity module->type map: the modules were trained with module k on
-relation type k. Besides each method's own 99% time, ``seconds_to_a_level`` is its time
-to reach 99% of (a)'s final accuracy ("to the same accuracy").
+chunks of ``--chunk`` steps; accuracy and mean energy are recorded after initialisation
+(step 0: the initial structures, random / the proposal's argmax / the exact one-step
+optimum) and after every chunk, with a timestamp taken after ``block_until_ready``.
+Evaluating the initial structures' energies (which annealing needs, the structures do not)
+is charged to the first chunk of (b)-(d) and to each task's initialisation in (a).
+Compilation is done ahead of time (``jit(...).lower(...).compile()``), reported separately
+and excluded. Besides each method's own 99% time, ``seconds_to_a_level`` is its time to
+reach 99% of (a)'s final accuracy ("to the same accuracy"), and ``seconds_to_a_energy``
+its time to reach a mean energy within 1% of (a)'s final one. A profile line per method
+gives the time per annealing step and the accuracy after each chunk.
 
-``--meta_train_compare`` additionally meta-trains from scratch on springs twice (same seed,
-same step budget ``--meta_train_steps``, ``--sa_steps`` annealing steps per task visit),
-proposal off (uniform SA) vs on (blocked Gibbs mixed with ``--uniform_mix`` uniform moves,
-proposal trained in the step), and prints the wall time to reach 99% training-structure
-accuracy.
+``--meta_train_compare`` additionally meta-trains from scratch on springs once per training
+regime of ``--meta_regimes`` (same seed, same step budget ``--meta_train_steps``,
+``--sa_steps`` annealing steps per task visit): uniform single-edge moves; blocked Gibbs
+from the learned proposal mixed with ``--uniform_mix`` uniform moves; exact sweeps (every
+node's incoming edges set to their one-step optimum, mixed with ``--uniform_mix`` uniform
+moves). The proposal network is trained in the step with the blocked-Gibbs and exact-sweep
+regimes (as in the default runs above). It prints the wall time to reach 99% accuracy of
+the training structures (and stops a regime there unless ``--nometa_stop_at_99``).
 
 Settings that are :class:`nri_modular.config.Config` fields are its flags (``--num_train``,
 ``--edge_hidden``, ``--batch_size``, ``--num_epochs``, ``--learning_rate``,
 ``--test_sa_steps``, ``--test_batch_size``, ...; see ``CONFIG_FLAGS``), with this
-benchmark's defaults; the other flags are the benchmark's own. A Config flag it does not
-use is an error, and so is an old flag name (e.g. ``--hidden``), naming the new one.
+benchmark's defaults; the other flags are the benchmark's own. The model's own settings
+(``MODEL_FLAGS``) come from the run's ``config.json`` unless ``--supervised`` or
+``--meta_train_compare`` trains a model. A Config flag it does not use is an error, and so
+is an old flag name (e.g. ``--hidden``), naming the new one.
 """
 
 from __future__ import annotations
@@ -58,12 +79,13 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from nri_modular import annealing, bouncegrad, checkpoints, gnn, proposal_net
+from nri_modular import annealing, bouncegrad, checkpoints, distributed, gnn, proposal_net
 from nri_modular import config as config_lib
 from nri_modular import metrics as metrics_lib
 from nri_modular import structure as structure_lib
+from nri_modular import train as train_lib
 from nri_modular.baselines import true_edges
-from nri_modular.data import Split, ensure_dataset, task_batches
+from nri_modular.data import Split, ensure_dataset, loading, task_batches
 from nri_modular.modules import ModuleBank
 
 config_lib.define_flags(flags)
@@ -74,6 +96,26 @@ CONFIG_FLAGS = tuple(
     "node_hidden seed batch_size num_epochs learning_rate p sa_steps uniform_mix exact_stride "
     "proposal_hidden proposal_learning_rate test_sa_steps test_t_start test_t_end "
     "test_batch_size obs_frames".split()
+)
+# Config fields that describe a trained model (sizes, data, training): read by --supervised
+# and --meta_train_compare (which train one); otherwise the model is a meta-training run's
+# and these come from its config.json (given here, they are an error).
+MODEL_FLAGS = (
+    "num_particles",
+    "num_train",
+    "num_valid",
+    "num_test",
+    "data_seed",
+    "num_modules",
+    "edge_hidden",
+    "node_hidden",
+    "batch_size",
+    "num_epochs",
+    "learning_rate",
+    "p",
+    "proposal_hidden",
+    "proposal_learning_rate",
+    "obs_frames",
 )
 DEFAULTS = {
     "learning_rate": 2e-3,
@@ -109,8 +151,28 @@ for _old, _new in RENAMED_FLAGS.items():
 _QUICK = flags.DEFINE_bool("quick", False, "Fewer tasks and steps (minutes on 2 CPU cores).")
 _OUT = flags.DEFINE_string("out", None, "Write the results JSON here.")
 _SYSTEMS = flags.DEFINE_list("systems", ["springs", "charged"], "Systems to benchmark.")
+_SUPERVISED = flags.DEFINE_bool(
+    "supervised",
+    False,
+    "Modules and proposal trained on the TRUE training relations (cached in --cache_dir) "
+    "instead of a BounceGrad meta-training run's.",
+)
+_RUN_WORKDIRS = {
+    system: flags.DEFINE_string(
+        f"{system}_workdir",
+        f"runs/{system}_demo_gibbs",
+        f"Finished BounceGrad run whose modules and learned proposal are benchmarked on {system} "
+        "(made by RUN_COMMAND; --workdir overrides it when one system is benchmarked).",
+    )
+    for system in config_lib.SYSTEMS
+}
+# The run behind each default workdir: the demo with the proposal network trained in the step.
+RUN_COMMAND = (
+    "python experiments/{system}.py --flagfile=experiments/flags/{system}_demo.flags "
+    "--test_proposal=blocked_gibbs --workdir={workdir}"
+)
 _CACHE_DIR = flags.DEFINE_string(
-    "cache_dir", "runs/structure_search_cache", "Trained modules + proposal cache."
+    "cache_dir", "runs/structure_search_cache", "Supervised modules + proposal cache."
 )
 _NUM_TASKS = flags.DEFINE_integer("num_tasks", None, "Test tasks searched (1000; quick 200).")
 _LOOP_TASKS = flags.DEFINE_integer("loop_tasks", None, "Tasks run by method (a) (100; quick 50).")
@@ -119,10 +181,27 @@ _GIBBS_MIX = flags.DEFINE_float("gibbs_uniform_mix", 0.1, "Uniform-move probabil
 _EXACT_MIX = flags.DEFINE_float("exact_uniform_mix", 0.5, "Uniform-move probability in (d).")
 _TRAIN_ONLY = flags.DEFINE_bool("train_only", False, "Only train (or load) and cache the models.")
 _META_COMPARE = flags.DEFINE_bool(
-    "meta_train_compare", False, "Also time meta-training (springs) with proposal on vs off."
+    "meta_train_compare",
+    False,
+    "Also time meta-training (springs) in each of --meta_regimes.",
+)
+REGIMES = {
+    "uniform": "uniform single-edge moves (the paper's SA)",
+    "blocked_gibbs": "learned blocked-Gibbs proposal, trained in the step (the paper's)",
+    "exact_sweep": "exact sweeps (+ proposal trained in the step)",
+}
+_META_REGIMES = flags.DEFINE_list(
+    "meta_regimes",
+    list(REGIMES),
+    f"Meta-training regimes compared: some of {list(REGIMES)}.",
 )
 _META_STEPS = flags.DEFINE_integer("meta_train_steps", 3000, "Meta-training step budget.")
 _META_EVAL_EVERY = flags.DEFINE_integer("meta_eval_every", 50, "Accuracy check interval.")
+_META_STOP = flags.DEFINE_bool(
+    "meta_stop_at_99",
+    True,
+    "Stop a regime once its training structures reach 99% accuracy.",
+)
 
 NUM_TYPES = 2  # Relation types of both systems (spring / none; attract / repel).
 METHODS = ("a", "b", "c", "d")
@@ -159,13 +238,28 @@ def benchmark_config() -> config_lib.Config:
         for f in dataclasses.fields(config_lib.Config)
         if f.name not in CONFIG_FLAGS and FLAGS[f.name].present
     ]
-    if FLAGS["workdir"].present:
-        unused.append("--workdir (models are cached in --cache_dir)")
+    trains = _SUPERVISED.value or _META_COMPARE.value
+    if FLAGS["workdir"].present and (_SUPERVISED.value or len(_SYSTEMS.value) != 1):
+        unused.append(
+            "--workdir (a meta-training run to benchmark, for one system: --systems=springs "
+            "--workdir=RUN; for several, --springs_workdir / --charged_workdir)"
+            + ("; --supervised trains its own models (--cache_dir)" if _SUPERVISED.value else "")
+        )
+    if not trains:
+        unused += [
+            f"--{name} (the model's settings come from the run's config.json; "
+            "--supervised or --meta_train_compare train one)"
+            for name in MODEL_FLAGS
+            if FLAGS[name].present
+        ]
     if unused:
         raise app.UsageError(
             f"not read by this benchmark: {', '.join(unused)} (it reads --systems and the "
             f"Config flags {', '.join('--' + n for n in CONFIG_FLAGS)})"
         )
+    bad = [r for r in _META_REGIMES.value if r not in REGIMES]
+    if bad:
+        raise app.UsageError(f"unknown --meta_regimes {bad}; expected some of {list(REGIMES)}")
     for name, note in META_TRAIN_ONLY.items():
         if FLAGS[name].present and not _META_COMPARE.value:
             raise app.UsageError(f"--{name} is only read by --meta_train_compare; {note}")
@@ -193,11 +287,22 @@ def _load_data(system: str, config: config_lib.Config):
 
 
 # ----------------------------------------------------------------------------------------
-# Training once (true structures), cached.
+# The modules and proposal searched with: a meta-training run's, or trained on true edges.
 
 
 @dataclasses.dataclass
 class Trained:
+    """Modules + learned proposal, and how they were obtained.
+
+    Attributes:
+      mapping: int ``[num_modules]`` module -> relation type used to score edges (chosen on
+        the run's training structures; the identity for ``--supervised``).
+      source: ``"meta-learned"`` (a BounceGrad run, no labels) or ``"supervised"``.
+      cache_path: the run's folder, or the supervised model's cache folder.
+      train_accuracy: edge accuracy of the run's training structures under ``mapping``
+        (``None`` for supervised models).
+    """
+
     bank: ModuleBank
     params: object
     proposal_params: object
@@ -205,6 +310,110 @@ class Trained:
     train_seconds: float
     cache_path: str
     from_cache: bool
+    mapping: np.ndarray
+    source: str = "supervised"
+    train_accuracy: float | None = None
+
+
+def read_run_config(workdir: str) -> config_lib.Config:
+    """The :class:`Config` a run recorded in ``<workdir>/config.json``.
+
+    Raises:
+      FileNotFoundError: no ``config.json`` (no run there).
+      ValueError: unreadable, not an object, fields this version does not know, or values
+        :class:`Config` rejects.
+    """
+    path = os.path.join(workdir, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except ValueError as e:
+        raise ValueError(f"{path} is unreadable ({e}); it records the run's settings") from e
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} does not hold a JSON object")
+    fields = {f.name for f in dataclasses.fields(config_lib.Config)}
+    unknown = sorted(set(saved) - fields)
+    if unknown:
+        raise ValueError(f"{path} has fields this version of Config does not know: {unknown}")
+    return config_lib.Config(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}
+    )
+
+
+def load_run(system: str, workdir: str, data_dir: str | None):
+    """Modules, proposal and module -> relation map of a finished BounceGrad run.
+
+    The model is rebuilt from ``<workdir>/config.json`` with :func:`nri_modular.train.build`
+    and its last checkpoint restored; the map is chosen on the run's training structures.
+
+    Args:
+      data_dir: where the run's dataset is (``None``: the run's own ``data_dir``).
+
+    Returns:
+      ``(trained, data, run_config)``.
+
+    Raises:
+      app.UsageError: no run, an unfinished run, another system's, or one without a
+        learned proposal (each names the command that makes the right one).
+    """
+    make = RUN_COMMAND.format(system=system, workdir=workdir)
+    if not os.path.isfile(os.path.join(workdir, "config.json")):
+        raise app.UsageError(
+            f"no meta-training run in {workdir!r} to take the {system} modules and learned "
+            f"proposal from; make it (BounceGrad, no labels; minutes on a CPU) with\n  {make}\n"
+            f"or pass --workdir / --{system}_workdir, or --supervised (trained on true relations)"
+        )
+    run_config = read_run_config(workdir)
+    if run_config.system != system:
+        raise app.UsageError(f"{workdir!r} holds a {run_config.system} run, not {system}")
+    if not run_config.uses_proposal_network:
+        raise app.UsageError(
+            f"the run in {workdir!r} has no learned proposal (proposal={run_config.proposal!r}, "
+            f"test_proposal={run_config.test_proposal!r}); method (c) needs one: make it with\n"
+            f"  {make}"
+        )
+    if data_dir is not None:
+        run_config = dataclasses.replace(run_config, data_dir=data_dir)
+    data = loading.load_data(run_config)
+    mesh = distributed.make_mesh(run_config.model_axis_size)
+    setup = train_lib.build(
+        run_config, mesh, np.zeros((1, *data.train.states.shape[1:]), np.float32)
+    )
+    manager = checkpoints.checkpoint_manager(workdir, run_config.keep_checkpoints)
+    latest = manager.latest_step()
+    total = run_config.num_epochs * (run_config.num_train // run_config.batch_size)
+    if latest != total:
+        raise app.UsageError(
+            f"the run in {workdir!r} is not finished (last checkpoint: step {latest} of "
+            f"{total}); rerun its command to resume it:\n  {make}"
+        )
+    start = time.perf_counter()
+    state = checkpoints.restore_checkpoint(manager, latest, setup.abstract_state)
+    structures = distributed.to_host(state.structures)
+    mapping = metrics_lib.module_mapping(
+        structures, data.train.labels, run_config.num_modules, NUM_TYPES
+    )
+    trained = Trained(
+        bank=setup.bank,
+        params=state.params,
+        proposal_params=state.proposal_params,
+        proposal_apply=setup.proposal_apply,
+        train_seconds=0.0,
+        cache_path=os.path.abspath(workdir),
+        from_cache=True,
+        mapping=mapping,
+        source="meta-learned",
+        train_accuracy=metrics_lib.edge_accuracy(structures, data.train.labels, mapping),
+    )
+    print(
+        f"[{system}] modules + proposal of the BounceGrad run {workdir} (training "
+        f"proposal={run_config.proposal!r}, proposal network trained in the step on the "
+        f"annealed structures; step {latest}; restored in {time.perf_counter() - start:.1f} s); "
+        f"module->relation map {mapping.tolist()} from its training structures "
+        f"({100 * trained.train_accuracy:.2f}% right)",
+        flush=True,
+    )
+    return trained, data, run_config
 
 
 def _train_steps(config: config_lib.Config) -> int:
@@ -239,7 +448,10 @@ def _cache_path(meta: dict) -> str:
 
 
 def train_or_load(system: str, train: Split, config: config_lib.Config) -> Trained:
-    """Modules and proposal trained on the true training structures (or the cached ones)."""
+    """Modules and proposal trained on the true training structures (or the cached ones).
+
+    Module ``k`` is trained on relation type ``k`` (the map is the identity).
+    """
     n = train.num_particles
     if train.num_frames != config.obs_frames:
         raise ValueError(
@@ -263,9 +475,16 @@ def train_or_load(system: str, train: Split, config: config_lib.Config) -> Train
         restored, saved = checkpoints.load_model(path, target=template)
         if saved != meta:
             raise ValueError(f"{path} holds a model trained with {saved}, not {meta}")
-        print(f"[{system}] loaded trained modules + proposal from {path}")
+        print(f"[{system}] loaded supervised modules + proposal from {path}")
         return Trained(
-            bank, restored["params"], restored["proposal_params"], apply_fn, 0.0, path, True
+            bank,
+            restored["params"],
+            restored["proposal_params"],
+            apply_fn,
+            0.0,
+            path,
+            True,
+            np.arange(config.num_modules),
         )
 
     print(f"[{system}] training modules + proposal on the true structures: {path}")
@@ -285,9 +504,20 @@ def train_or_load(system: str, train: Split, config: config_lib.Config) -> Train
     )
     train_seconds = time.perf_counter() - start
     checkpoints.save_model(
-        path, jax.device_get({"params": params, "proposal_params": proposal_params}), meta
+        path,
+        jax.device_get({"params": params, "proposal_params": proposal_params}),
+        meta,
     )
-    return Trained(bank, params, proposal_params, apply_fn, train_seconds, path, False)
+    return Trained(
+        bank,
+        params,
+        proposal_params,
+        apply_fn,
+        train_seconds,
+        path,
+        False,
+        np.arange(config.num_modules),
+    )
 
 
 # ----------------------------------------------------------------------------------------
@@ -296,11 +526,19 @@ def train_or_load(system: str, train: Split, config: config_lib.Config) -> Train
 
 @dataclasses.dataclass
 class Curve:
-    """Accuracy after step ``steps[i]`` reached at ``seconds[i]`` (compile excluded)."""
+    """Accuracy (and mean energy) after step ``steps[i]`` reached at ``seconds[i]``.
+
+    Compilation excluded; ``energy[i]`` is the mean over tasks of the annealing energy (the
+    ``p``-step rollout loss) of the structures after step ``steps[i]``, ``loop_energy[i]``
+    the same over only the tasks method (a) runs (the first ``--loop_tasks``), which is
+    what is compared with (a)'s.
+    """
 
     steps: list
     seconds: list
     accuracy: list
+    energy: list
+    loop_energy: list
     compile_seconds: float
     note: str = ""
 
@@ -320,10 +558,17 @@ class Curve:
                 return s
         return None
 
+    def seconds_to_energy(self, level: float):
+        """Seconds until the mean energy on (a)'s tasks is at most ``level`` (or ``None``)."""
+        for s, e in zip(self.seconds, self.loop_energy, strict=True):
+            if e <= level:
+                return s
+        return None
 
-def _accuracy(structures: np.ndarray, labels: np.ndarray) -> float:
-    """Identity module->type map (module k was trained on relation type k)."""
-    return float((np.asarray(structures) == labels).mean())
+
+def _accuracy(structures, labels: np.ndarray, mapping: np.ndarray) -> float:
+    """Edge accuracy of ``structures [N, E]`` under the module -> relation ``mapping``."""
+    return metrics_lib.edge_accuracy(np.asarray(structures), labels, mapping)
 
 
 def _energy_fn(bank, params, states, p: int):
@@ -386,8 +631,13 @@ def _compile(fn, *args):
     return compiled, time.perf_counter() - start
 
 
-def run_batched(trained: Trained, method: str, states, labels, temps, config) -> Curve:
-    """Methods (b), (c), (d): all tasks' chains advance chunk by chunk."""
+def run_batched(
+    trained: Trained, method: str, states, labels, temps, config, loop_tasks: int
+) -> Curve:
+    """Methods (b), (c), (d): all tasks' chains advance chunk by chunk.
+
+    ``loop_tasks``: how many leading tasks method (a) runs (for ``Curve.loop_energy``).
+    """
     kind, mix = {
         "b": ("uniform", 0.0),
         "c": ("blocked_gibbs", _GIBBS_MIX.value),
@@ -418,11 +668,12 @@ def run_batched(trained: Trained, method: str, states, labels, temps, config) ->
     inits = [init_c(trained.params, pparams, b, k) for b, k in zip(batches, keys, strict=True)]
     structures = _sync([s for s, _, _ in inits])
     seconds, steps = [time.perf_counter() - t0], [0]
-    accuracy = [_accuracy(np.concatenate(structures), labels)]
+    accuracy = [_accuracy(np.concatenate(structures), labels, trained.mapping)]
     carry = [
         (start_c(trained.params, b, s, k), aux)
         for b, (s, k, aux) in zip(batches, inits, strict=True)
     ]
+    energies = [[st.energy for st, _ in carry]]  # device arrays, fetched after the clock
     for i in range(len(temps) // c):
         carry = [
             (chunk_c(trained.params, b, st, aux, temps[i * c : (i + 1) * c]), aux)
@@ -431,12 +682,18 @@ def run_batched(trained: Trained, method: str, states, labels, temps, config) ->
         structures = _sync([st.structure for st, _ in carry])
         seconds.append(time.perf_counter() - t0)
         steps.append((i + 1) * c)
-        accuracy.append(_accuracy(np.concatenate(structures), labels))
-    return Curve(steps, seconds, accuracy, t_init + t_start + t_chunk)
+        accuracy.append(_accuracy(np.concatenate(structures), labels, trained.mapping))
+        energies.append([st.energy for st, _ in carry])
+    per_task = [np.concatenate(jax.device_get(e)) for e in energies]  # [tasks] per checkpoint
+    energy = [float(e.mean()) for e in per_task]
+    loop_energy = [float(e[:loop_tasks].mean()) for e in per_task]
+    return Curve(steps, seconds, accuracy, energy, loop_energy, t_init + t_start + t_chunk)
 
 
 def run_loop(trained: Trained, states, labels, temps, num_total: int, config) -> Curve:
     """Method (a): one task at a time, a Python loop of jitted one-task SA steps.
+
+    Its ``loop_energy`` is its ``energy`` (both over the tasks it runs).
 
     Accuracy is measured on ``len(states)`` tasks; seconds are extrapolated linearly to
     ``num_total`` tasks (per-task init time + per-step time, both measured).
@@ -456,41 +713,120 @@ def run_loop(trained: Trained, states, labels, temps, num_total: int, config) ->
     temps_host = [temps[i] for i in range(len(temps))]  # device scalars, made once
     _sync(temps_host)
     c = _CHUNK.value
-    snapshots = []  # per task: structures after step 0, c, 2c, ...
+    snapshots, energies = (
+        [],
+        [],
+    )  # per task: structures (energies) after step 0, c, 2c, ...
     init_time = step_time = 0.0
     for i, task in enumerate(tasks):
         t0 = time.perf_counter()
         st = init_c(trained.params, task, jax.random.fold_in(key, i))
         _sync(st)
         t1 = time.perf_counter()
-        snaps = [st.structure]
+        snaps, snap_energies = [st.structure], [st.energy]
         for s in range(len(temps)):
             st = step_c(trained.params, task, st, temps_host[s])
             if (s + 1) % c == 0:
                 snaps.append(st.structure)
+                snap_energies.append(st.energy)
         _sync(st)
         t2 = time.perf_counter()
         init_time += t1 - t0
         step_time += t2 - t1
         snapshots.append(np.concatenate(jax.device_get(snaps)))  # [checkpoints, E]
+        energies.append(np.concatenate(jax.device_get(snap_energies)))  # [checkpoints]
     m = len(tasks)
     per_init, per_step = init_time / m, step_time / (m * len(temps))
     stacked = np.stack(snapshots, axis=1)  # [checkpoints, tasks, E]
     steps = [j * c for j in range(stacked.shape[0])]
-    accuracy = [_accuracy(stacked[j], labels) for j in range(stacked.shape[0])]
+    accuracy = [_accuracy(stacked[j], labels, trained.mapping) for j in range(stacked.shape[0])]
+    energy = [float(v) for v in np.stack(energies, axis=1).mean(axis=1)]
     seconds = [num_total * (per_init + s * per_step) for s in steps]
     note = (
         f"measured on {m} tasks ({per_init * 1e3:.2f} ms init + {per_step * 1e3:.3f} ms/step "
         f"per task), seconds extrapolated linearly to {num_total} tasks"
     )
-    return Curve(steps, seconds, accuracy, t_init + t_step, note)
+    return Curve(steps, seconds, accuracy, energy, energy, t_init + t_step, note)
+
+
+def run_workdir(system: str) -> str:
+    """The meta-training run benchmarked on ``system`` (``--workdir`` or its default)."""
+    if FLAGS["workdir"].present:
+        return FLAGS.workdir
+    return _RUN_WORKDIRS[system].value
+
+
+def modules_for(system: str, config: config_lib.Config):
+    """``(trained, data, config)``: the models searched with, their data, and the Config
+    whose model fields (``MODEL_FLAGS``) are the models' (the run's, when meta-learned)."""
+    if _SUPERVISED.value:
+        data = _load_data(system, config)
+        return train_or_load(system, data.train, config), data, config
+    data_dir = FLAGS.data_dir if FLAGS["data_dir"].present else None
+    trained, data, run_config = load_run(system, run_workdir(system), data_dir)
+    config = dataclasses.replace(
+        config,
+        data_dir=run_config.data_dir,
+        **{name: getattr(run_config, name) for name in MODEL_FLAGS},
+    )
+    return trained, data, config
+
+
+def step_profile(curve: Curve, num_tasks: int, loop: bool = False) -> dict:
+    """What bounds a search: time of its step 0 and per annealing step, for all tasks.
+
+    ``seconds_per_step`` excludes the first chunk (which also evaluates the initial
+    energies): ``(seconds[-1] - seconds[1]) / (steps[-1] - steps[1])``.
+    """
+    per_step = None
+    if len(curve.steps) > 2:
+        per_step = (curve.seconds[-1] - curve.seconds[1]) / (curve.steps[-1] - curve.steps[1])
+    return {
+        "seconds_step0": curve.seconds[0],
+        "seconds_first_chunk": curve.seconds[1] - curve.seconds[0]
+        if len(curve.seconds) > 1
+        else None,
+        "seconds_per_step": per_step,
+        "ms_per_task_step": None if per_step is None else 1e3 * per_step / num_tasks,
+        "extrapolated": loop,
+    }
+
+
+def profile_lines(results: dict) -> list[str]:
+    """One line per method: step-0 and per-step time, then accuracy after some steps."""
+    lines = []
+    for m in METHODS:
+        r = results[m]
+        prof, curve = r["profile"], r["curve"]
+        picks = [i for i, s in enumerate(curve["steps"]) if s in (0, 10, 20, 50, 100, 200, 400)]
+        if curve["steps"][-1] not in [curve["steps"][i] for i in picks]:
+            picks.append(len(curve["steps"]) - 1)
+        accs = ", ".join(f"{curve['steps'][i]}: {100 * curve['accuracy'][i]:.1f}%" for i in picks)
+        per_step = prof["seconds_per_step"]
+        t_e = r["seconds_to_a_energy"]
+        lines.append(
+            f"profile ({m}): step 0 {prof['seconds_step0']:.3f} s, "
+            + (
+                f"{per_step:.4f} s/step ({prof['ms_per_task_step']:.3f} ms/task-step)"
+                if per_step is not None
+                else ""
+            )
+            + f"; energy {r['final_energy']:.3e}, within 1% of (a)'s after "
+            + ("never" if t_e is None else f"{t_e:.3f} s")
+            + f"; accuracy after steps {accs}"
+        )
+    return lines
 
 
 def benchmark_system(system: str, config: config_lib.Config) -> dict:
-    data = _load_data(system, config)
-    trained = train_or_load(system, data.train, config)
+    trained, data, config = modules_for(system, config)
     if _TRAIN_ONLY.value:
-        return {"setup": {"train_seconds": trained.train_seconds, "cache": trained.cache_path}}
+        return {
+            "setup": {
+                "train_seconds": trained.train_seconds,
+                "cache": trained.cache_path,
+            }
+        }
     num_tasks = _setting(_NUM_TASKS, 1000, 200)
     loop_tasks = _setting(_LOOP_TASKS, 100, 50)
     sa_steps = config.test_sa_steps
@@ -511,10 +847,11 @@ def benchmark_system(system: str, config: config_lib.Config) -> dict:
         trained, states[:loop_tasks], labels[:loop_tasks], temps, num_tasks, config
     )
     for method in ("b", "c", "d"):
-        curves[method] = run_batched(trained, method, states, labels, temps, config)
+        curves[method] = run_batched(trained, method, states, labels, temps, config, loop_tasks)
         print(f"[{system}] ({method}) done; {_load_avg()}", flush=True)
 
     a_level = 0.99 * curves["a"].final
+    a_energy = 1.01 * curves["a"].loop_energy[-1]
     results = {}
     for method, curve in curves.items():
         t99 = curve.seconds_to(0.99 * curve.final)
@@ -525,10 +862,19 @@ def benchmark_system(system: str, config: config_lib.Config) -> dict:
             "steps_to_99": curve.steps_to(0.99 * curve.final),
             "final_accuracy": curve.final,
             "initial_accuracy": curve.accuracy[0],
+            "final_energy": curve.energy[-1],
             "seconds_total": curve.seconds[-1],
             "seconds_to_a_level": t_a,
+            "seconds_to_a_energy": curve.seconds_to_energy(a_energy),
             "compile_seconds": curve.compile_seconds,
-            "curve": {"steps": curve.steps, "seconds": curve.seconds, "accuracy": curve.accuracy},
+            "profile": step_profile(curve, num_tasks, loop=method == "a"),
+            "curve": {
+                "steps": curve.steps,
+                "seconds": curve.seconds,
+                "accuracy": curve.accuracy,
+                "energy": curve.energy,
+                "loop_energy": curve.loop_energy,
+            },
         }
         if curve.note:
             results[method]["note"] = curve.note
@@ -539,6 +885,10 @@ def benchmark_system(system: str, config: config_lib.Config) -> dict:
             a_total / r["seconds_to_a_level"] if r["seconds_to_a_level"] else None
         )
     results["setup"] = {
+        "source": trained.source,
+        "mapping": [int(v) for v in trained.mapping],
+        "train_structure_accuracy": trained.train_accuracy,
+        "p": config.p,
         "num_tasks": num_tasks,
         "loop_tasks": loop_tasks,
         "sa_steps": sa_steps,
@@ -553,9 +903,18 @@ def benchmark_system(system: str, config: config_lib.Config) -> dict:
 
 
 def format_table(system: str, results: dict) -> str:
+    setup = results["setup"]
+    if setup["source"] == "supervised":
+        origin = f"SUPERVISED: modules + proposal trained on the true relations ({setup['cache']})"
+    else:
+        origin = (
+            f"meta-learned: modules + proposal of the BounceGrad run {setup['cache']} (no "
+            f"labels; module->relation map {setup['mapping']} chosen on its training "
+            f"structures, {100 * setup['train_structure_accuracy']:.2f}% right)"
+        )
+    tag = " [supervised]" if setup["source"] == "supervised" else ""
     lines = [
-        f"== {system}: {results['setup']['num_tasks']} test tasks, "
-        f"{results['setup']['sa_steps']} SA steps",
+        f"== {system}: {setup['num_tasks']} test tasks, {setup['sa_steps']} SA steps; {origin}",
         "| method | s to 99% of own final | steps | final acc | init acc | speed-up vs (a) "
         "| s to 99% of (a) final | speed-up | compile s |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -567,7 +926,7 @@ def format_table(system: str, results: dict) -> str:
     for m in METHODS:
         r = results[m]
         lines.append(
-            f"| ({m}) {r['method']} | {f(r['seconds_to_99'], '.3f')} | "
+            f"| ({m}) {r['method']}{tag} | {f(r['seconds_to_99'], '.3f')} | "
             f"{f(r['steps_to_99'], 'd')} | {100 * r['final_accuracy']:.2f}% | "
             f"{100 * r['initial_accuracy']:.2f}% | {f(r['speedup_vs_a'], '.1f', 'x')} | "
             f"{f(r['seconds_to_a_level'], '.3f')} | "
@@ -575,88 +934,124 @@ def format_table(system: str, results: dict) -> str:
             f"{r['compile_seconds']:.1f} |"
         )
     lines.append(f"(a): {results['a']['note']}")
+    lines += profile_lines(results)
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------
-# Meta-training with the proposal on vs off.
+# Meta-training in each regime: uniform moves, learned blocked Gibbs, exact sweeps.
 
 
 def meta_train_compare(config: config_lib.Config) -> dict:
-    """Meta-trains from scratch on springs twice (same seed and budget): proposal off / on.
+    """Meta-trains from scratch on springs once per regime (same seed, budget, settings).
 
+    Regimes (``--meta_regimes``, see ``REGIMES``) differ only in the training move; the
+    proposal network is trained in the step by the blocked-Gibbs and exact-sweep regimes.
     A timing harness of the compiled BounceGrad step (compile excluded, accuracy of the
     training structures checked every ``--meta_eval_every`` steps), not a training run.
     """
-    train = _load_data("springs", config).train
-    n = train.num_particles
+    train_split = _load_data("springs", config).train
     out = {}
-    for on in (False, True):
-        bank = ModuleBank(config.num_modules, config.edge_hidden, config.node_hidden)
-        init_fn, apply_fn = proposal_net.make_proposal_network(
-            config.num_modules, n, config.proposal_hidden
-        )
-        optimizer = optax.adam(config.learning_rate)
-        p_optimizer = optax.adam(config.proposal_learning_rate) if on else None
-        key = jax.random.PRNGKey(config.seed)
-        pparams = init_fn(jax.random.fold_in(key, 1), jnp.asarray(train.states[:1])) if on else None
-        step_config = bouncegrad.BounceGradConfig(
-            p=config.p,
-            sa_steps=config.sa_steps,
-            proposal="blocked_gibbs" if on else "uniform",
-            uniform_mix=config.uniform_mix if on else 0.0,
-        )
-        state = bouncegrad.init_train_state(
-            key,
-            bank,
-            optimizer,
-            train.num_tasks,
-            n,
-            proposal_params=pparams,
-            proposal_optimizer=p_optimizer,
-        )
-        step = bouncegrad.make_bouncegrad_step(
-            bank, optimizer, step_config, n, apply_fn if on else None, p_optimizer
-        )
-        bsz = config.batch_size
-        per_epoch = train.num_tasks // bsz
-
-        def batch_at(i, bsz=bsz, per_epoch=per_epoch):
-            epoch, offset = divmod(i, per_epoch)
-            ids = task_batches(train.num_tasks, bsz, config.seed, epoch)[offset]
-            return bouncegrad.Batch(
-                jnp.asarray(ids), jnp.asarray(train.states[ids]), jnp.asarray(train.labels[ids])
-            )
-
-        step_c, compile_s = _compile(step, state, batch_at(0))
-        labels = jnp.asarray(train.labels)
-        start, elapsed, t99, s99, history = time.perf_counter(), 0.0, None, None, []
-        for i in range(_META_STEPS.value):
-            state, _ = step_c(state, batch_at(i))
-            if (i + 1) % _META_EVAL_EVERY.value == 0:
-                _sync(state.structures)
-                elapsed += time.perf_counter() - start
-                mapping = metrics_lib.module_mapping(
-                    state.structures, labels, config.num_modules, NUM_TYPES
-                )
-                acc = float(metrics_lib.edge_accuracy(state.structures, labels, mapping))
-                history.append((i + 1, elapsed, acc))
-                if t99 is None and acc >= 0.99:
-                    t99, s99 = elapsed, i + 1
-                print(
-                    f"[meta-train proposal={'on' if on else 'off'}] step {i + 1} "
-                    f"{elapsed:.0f} s train-structure acc {acc:.4f}",
-                    flush=True,
-                )
-                start = time.perf_counter()
-        out["on" if on else "off"] = {
-            "seconds_to_99_train_accuracy": t99,
-            "steps_to_99_train_accuracy": s99,
-            "final_train_accuracy": history[-1][2] if history else None,
-            "compile_seconds": compile_s,
-            "history": history,
-        }
+    for regime in _META_REGIMES.value:
+        out[regime] = _meta_train(regime, train_split, config)
     return out
+
+
+def _meta_train(regime: str, train: Split, config: config_lib.Config) -> dict:
+    """One regime of :func:`meta_train_compare`: seconds to 99% training-structure accuracy."""
+    n = train.num_particles
+    on = regime != "uniform"  # the proposal network is trained in the step
+    bank = ModuleBank(config.num_modules, config.edge_hidden, config.node_hidden)
+    init_fn, apply_fn = proposal_net.make_proposal_network(
+        config.num_modules, n, config.proposal_hidden
+    )
+    optimizer = optax.adam(config.learning_rate)
+    p_optimizer = optax.adam(config.proposal_learning_rate) if on else None
+    key = jax.random.PRNGKey(config.seed)
+    pparams = init_fn(jax.random.fold_in(key, 1), jnp.asarray(train.states[:1])) if on else None
+    step_config = bouncegrad.BounceGradConfig(
+        p=config.p,
+        sa_steps=config.sa_steps,
+        proposal=regime,
+        uniform_mix=config.uniform_mix if on else 0.0,
+        exact_stride=config.exact_stride,
+    )
+    state = bouncegrad.init_train_state(
+        key,
+        bank,
+        optimizer,
+        train.num_tasks,
+        n,
+        proposal_params=pparams,
+        proposal_optimizer=p_optimizer,
+    )
+    step = bouncegrad.make_bouncegrad_step(
+        bank, optimizer, step_config, n, apply_fn if on else None, p_optimizer
+    )
+    bsz = config.batch_size
+    per_epoch = train.num_tasks // bsz
+
+    def batch_at(i, bsz=bsz, per_epoch=per_epoch):
+        epoch, offset = divmod(i, per_epoch)
+        ids = task_batches(train.num_tasks, bsz, config.seed, epoch)[offset]
+        return bouncegrad.Batch(
+            jnp.asarray(ids),
+            jnp.asarray(train.states[ids]),
+            jnp.asarray(train.labels[ids]),
+        )
+
+    step_c, compile_s = _compile(step, state, batch_at(0))
+    labels = jnp.asarray(train.labels)
+    start, elapsed, t99, s99, history = time.perf_counter(), 0.0, None, None, []
+    for i in range(_META_STEPS.value):
+        state, _ = step_c(state, batch_at(i))
+        if (i + 1) % _META_EVAL_EVERY.value == 0:
+            _sync(state.structures)
+            elapsed += time.perf_counter() - start
+            mapping = metrics_lib.module_mapping(
+                state.structures, labels, config.num_modules, NUM_TYPES
+            )
+            acc = float(metrics_lib.edge_accuracy(state.structures, labels, mapping))
+            history.append((i + 1, elapsed, acc))
+            if t99 is None and acc >= 0.99:
+                t99, s99 = elapsed, i + 1
+            print(
+                f"[meta-train {regime}] step {i + 1} {elapsed:.0f} s train-structure acc "
+                f"{acc:.4f} ({_load_avg()})",
+                flush=True,
+            )
+            if t99 is not None and _META_STOP.value:
+                break
+            start = time.perf_counter()
+    return {
+        "regime": REGIMES[regime],
+        "seconds_to_99_train_accuracy": t99,
+        "steps_to_99_train_accuracy": s99,
+        "final_train_accuracy": history[-1][2] if history else None,
+        "steps_run": history[-1][0] if history else 0,
+        "seconds_per_step": history[-1][1] / history[-1][0] if history else None,
+        "compile_seconds": compile_s,
+        "history": history,
+    }
+
+
+def format_meta_table(meta: dict, config: config_lib.Config) -> str:
+    """The training regimes side by side (springs, same seed and budget)."""
+    lines = [
+        f"== meta-training on springs: {config.num_train} tasks, batches of {config.batch_size}, "
+        f"{config.sa_steps} annealing steps per task visit, budget {_META_STEPS.value} steps",
+        "| training regime | s to 99% train-structure acc | steps | acc at stop | steps run "
+        "| s/step | compile s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for v in meta.values():
+        t99, s99 = v["seconds_to_99_train_accuracy"], v["steps_to_99_train_accuracy"]
+        lines.append(
+            f"| {v['regime']} | {'never' if t99 is None else f'{t99:.0f}'} | "
+            f"{'never' if s99 is None else s99} | {100 * v['final_train_accuracy']:.2f}% | "
+            f"{v['steps_run']} | {v['seconds_per_step']:.3f} | {v['compile_seconds']:.1f} |"
+        )
+    return "\n".join(lines)
 
 
 def main(argv):
@@ -672,14 +1067,9 @@ def main(argv):
         print(format_table(system, all_results[system]), flush=True)
     if _META_COMPARE.value:
         all_results["meta_train"] = meta_train_compare(config)
-        for k, v in all_results["meta_train"].items():
-            print(
-                f"meta-training, proposal {k}: 99% train-structure accuracy after "
-                f"{v['seconds_to_99_train_accuracy']} s ({v['steps_to_99_train_accuracy']} steps); "
-                f"final {v['final_train_accuracy']:.4f}"
-            )
+        print(format_meta_table(all_results["meta_train"], config), flush=True)
     else:
-        print("meta-training proposal on/off comparison: not run (--meta_train_compare)")
+        print("meta-training comparison: not run (--meta_train_compare)")
     if _OUT.value:
         os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
         checkpoints.write_json_atomic(_OUT.value, all_results)
