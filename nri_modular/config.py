@@ -14,7 +14,7 @@ import dataclasses
 
 from nri_modular import bouncegrad, distributed, gnn
 from nri_modular.modules import ModuleBank
-from nri_modular.structure import MOVE_KINDS
+from nri_modular.structure import EXACT_KINDS, MAX_EXACT_SETTINGS, MOVE_KINDS
 
 SYSTEMS = ("springs", "charged")
 
@@ -120,6 +120,15 @@ class Config:
         _check(self.sa_steps >= 0, f"sa_steps must be >= 0, got {self.sa_steps}")
         _check(self.num_particles >= 2, f"num_particles must be >= 2, got {self.num_particles}")
         _check(self.num_modules >= 2, f"num_modules must be >= 2, got {self.num_modules}")
+        for name in ("proposal", "test_proposal"):  # exact moves enumerate K^(n-1) settings
+            settings = self.num_modules ** (self.num_particles - 1)
+            _check(
+                getattr(self, name) not in EXACT_KINDS or settings <= MAX_EXACT_SETTINGS,
+                f"{name}={getattr(self, name)} enumerates K^(n-1) = {self.num_modules}^"
+                f"{self.num_particles - 1} = {settings} settings of each node's incoming edges; "
+                f"at most {MAX_EXACT_SETTINGS} are allowed: use fewer particles or modules, or "
+                f"--{name}=blocked_gibbs / uniform",
+            )
         _check(
             self.batch_size <= self.num_train,
             f"batch_size {self.batch_size} exceeds num_train {self.num_train}",

@@ -35,6 +35,8 @@ MoveFn = Callable[[jax.Array, jax.Array, jax.Array | None], jax.Array]
 MOVE_KINDS = ("uniform", "blocked_gibbs", "exact_local", "exact_sweep")
 # Kinds whose aux input is the one-step losses of every node's incoming settings.
 EXACT_KINDS = ("exact_local", "exact_sweep")
+# Most settings of one node's incoming edges (K^(n-1)) the exact moves enumerate.
+MAX_EXACT_SETTINGS = 65536
 
 
 def random_structures(key: jax.Array, num_tasks: int, num_nodes: int, num_modules: int):
@@ -90,10 +92,10 @@ def propose_blocked_gibbs(
 
 def incoming_configs(num_nodes: int, num_modules: int):
     """Every setting of one node's ``n - 1`` incoming edges: int32 ``[K^(n-1), n-1]``."""
-    if num_modules ** (num_nodes - 1) > 65536:
+    if num_modules ** (num_nodes - 1) > MAX_EXACT_SETTINGS:
         raise ValueError(
             f"exact local moves enumerate K^(n-1) = {num_modules}^{num_nodes - 1} settings; "
-            "too many (use at most 65536, e.g. n <= 10 with K = 2)"
+            f"too many (use at most {MAX_EXACT_SETTINGS}, e.g. n <= 17 with K = 2)"
         )
     return np.asarray(list(itertools.product(range(num_modules), repeat=num_nodes - 1)), np.int32)
 
