@@ -117,3 +117,33 @@ def upper_bound_curves(rows: list[dict], path: str, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def data_efficiency_figure(
+    sizes, accuracies: dict, path: str, system: str, steps: int | None = None
+) -> None:
+    """Figure-3-style PNG: edge accuracy against the number of training tasks (log x).
+
+    Args:
+      sizes: ``[P]`` training-set sizes.
+      accuracies: method name -> ``[P]`` test edge accuracy (fractions) at those sizes.
+      path: the PNG to write.
+      system: for the title.
+      steps: gradient steps per point (for the title), if the same for all.
+    """
+    if not accuracies or any(len(a) != len(sizes) for a in accuracies.values()):
+        raise ValueError(f"every curve needs one accuracy per size ({len(sizes)} sizes)")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    labels = {"modular": "modular meta-learning (ours)", "nri_vae": "NRI VAE (Kipf et al.)"}
+    for name, acc in accuracies.items():
+        ax.plot(sizes, 100 * np.asarray(acc, np.float64), "o-", label=labels.get(name, name))
+    ax.set_xscale("log")
+    ax.set_xlabel("training tasks (log scale)")
+    ax.set_ylabel("test edge accuracy (%)")
+    ax.set_title(f"{system}" + (f", {steps} gradient steps per point" if steps else ""))
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

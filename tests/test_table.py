@@ -5,6 +5,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
 from conftest import REPO, flagfile_config, run_checked
 
@@ -76,3 +77,32 @@ def test_format_tables_puts_published_numbers_beside_ours():
     assert "| Modular meta-l. (ours) | 50.0 | 88.4 | 1 |" in text
     assert "| Static | - | - | - | 5.09e-03 | 2.26e-02 | 1 |" in text
     assert "Supervised" not in text  # rows not run are left out
+
+
+def test_tasks_to_reach_interpolates_on_the_log_axis():
+    sizes, acc = [100, 1000, 10000], [0.5, 0.7, 0.9]
+    assert tables.tasks_to_reach(sizes, acc, 0.6) == pytest.approx(np.sqrt(100 * 1000))
+    assert tables.tasks_to_reach(sizes, acc, 0.4) == 100
+    assert tables.tasks_to_reach(sizes, acc, 0.95) is None
+    with pytest.raises(ValueError, match="increasing"):
+        tables.tasks_to_reach([1000, 100, 10], acc, 0.6)
+
+
+def test_data_efficiency_ratios_read_the_vae_curve_at_modulars_accuracy():
+    rows = tables.data_efficiency_ratios([100, 1000], [0.8, 0.99], [0.6, 0.8])
+    assert rows[0]["vae_tasks_needed"] == pytest.approx(1000)
+    assert rows[0]["ratio"] == pytest.approx(10)
+    assert rows[1]["vae_tasks_needed"] is None and rows[1]["ratio"] is None
+
+
+def test_data_efficiency_figure_writes_a_png(tmp_path):
+    from nri_modular import plots
+
+    path = str(tmp_path / "fig.png")
+    plots.data_efficiency_figure(
+        [50, 500], {"modular": [0.6, 0.9], "nri_vae": [0.5, 0.7]}, path, "springs", 800
+    )
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="one accuracy per size"):
+        plots.data_efficiency_figure([50, 500], {"modular": [0.6]}, path, "springs")

@@ -44,6 +44,7 @@ from nri_modular.config import Config
 from nri_modular.data import batching, datasets
 from nri_modular.modules import ModuleBank, Params
 
+MAX_VALID_CHECKS = 40  # valid-loss evaluations per training run (at most ~this many)
 NUM_TYPES = 2  # relation types of both systems (spring / none; attract / repel)
 
 
@@ -58,7 +59,7 @@ class BaselineSettings:
     Attributes:
       epochs: passes over the training tasks.
       learning_rate: Adam step size.
-      lr_decay_epochs: the step size halves every this many epochs.
+      lr_decay_epochs: the step size halves every this many epochs (0: constant).
       batch_size: tasks per step (``None``: the Config's ``batch_size``).
       gumbel_tau: Gumbel-softmax temperature of the NRI VAE (Kipf et al.: 0.5).
       nll_variance: fixed variance of the VAE's Gaussian likelihood (Kipf et al.: 5e-5).
@@ -80,9 +81,11 @@ class BaselineSettings:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("epochs", "lr_decay_epochs", "lstm_layers", "mapping_tasks"):
+        for name in ("epochs", "lstm_layers", "mapping_tasks"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.lr_decay_epochs < 0:
+            raise ValueError(f"lr_decay_epochs must be >= 0, got {self.lr_decay_epochs}")
         for name in ("learning_rate", "gumbel_tau", "nll_variance"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -286,18 +289,13 @@ def fit_adam(
       frames: frames of each task used (the first ``frames``: the observed ones).
 
     Returns:
-      The parameters after the epoch with the lowest mean valid loss (the last epoch when
-      the valid split is empty).
+      The parameters after the epoch with the lowest mean valid loss, among every
+      ``epochs // MAX_VALID_CHECKS``-th epoch and the last (the last epoch when the valid
+      split is empty).
     """
     train, num_train = data.train, data.train.num_tasks
     steps_per_epoch = num_train // min(batch_size, num_train)
-    schedule = optax.exponential_decay(
-        settings.learning_rate,
-        transition_steps=settings.lr_decay_epochs * steps_per_epoch,
-        decay_rate=0.5,
-        staircase=True,
-    )
-    optimizer = optax.adam(schedule)
+    optimizer = optax.adam(learning_rate_schedule(settings, steps_per_epoch))
     opt_state = optimizer.init(params)
     key = jax.random.PRNGKey(settings.seed)
 
@@ -308,6 +306,7 @@ def fit_adam(
         return optax.apply_updates(params, updates), opt_state, loss
 
     valid_jit = jax.jit(valid_fn)
+    valid_every = max(1, settings.epochs // MAX_VALID_CHECKS)
     valid = data.splits.get("valid")
     best, best_loss, count = params, np.inf, 0
     for epoch in range(settings.epochs):
@@ -326,6 +325,8 @@ def fit_adam(
         if valid is None or valid.num_tasks == 0:
             best = params
             continue
+        if (epoch + 1) % valid_every and epoch + 1 < settings.epochs:
+            continue
         valid_loss = batched_mean(functools.partial(valid_jit, params), valid, batch_size, frames)
         if valid_loss < best_loss:
             best, best_loss = params, valid_loss
@@ -338,6 +339,18 @@ def fit_adam(
             valid_loss,
         )
     return jax.device_get(best)
+
+
+def learning_rate_schedule(settings: BaselineSettings, steps_per_epoch: int) -> optax.Schedule:
+    """``learning_rate`` halved every ``lr_decay_epochs`` epochs (constant when 0)."""
+    if settings.lr_decay_epochs == 0:
+        return optax.constant_schedule(settings.learning_rate)
+    return optax.exponential_decay(
+        settings.learning_rate,
+        transition_steps=settings.lr_decay_epochs * steps_per_epoch,
+        decay_rate=0.5,
+        staircase=True,
+    )
 
 
 def batched_mean(fn: Callable, split: datasets.Split, batch_size: int, frames: int) -> float:

@@ -227,12 +227,9 @@ class NRITrueGraphMethod(base.Method):
         s = self.settings
         batch_size = min(self.batch_size, data.train.num_tasks)
         steps_per_epoch = data.train.num_tasks // batch_size
-        schedule = optax.exponential_decay(
-            s.learning_rate, s.lr_decay_epochs * steps_per_epoch, 0.5, staircase=True
-        )
         params, _ = true_edges.train_true_edges(
             self.bank,
-            optax.adam(schedule),
+            optax.adam(base.learning_rate_schedule(s, steps_per_epoch)),
             data.train,
             num_steps=s.epochs * steps_per_epoch,
             batch_size=batch_size,

@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Sequence
 
+import numpy as np
 from absl import logging
 
 from nri_modular import checkpoints
@@ -154,3 +155,48 @@ def format_tables(results: dict, system: str) -> str:
             f"{r['train_seconds']:.0f} |"
         )
     return "\n".join(lines)
+
+
+def tasks_to_reach(sizes: Sequence[int], accuracies: Sequence[float], target: float):
+    """Training tasks at which a curve first reaches ``target`` accuracy, or ``None``.
+
+    Linear interpolation in ``log(size)`` between the first point at or above ``target``
+    and the one before it (the curve is read as Figure 3 is drawn, on a log axis).
+
+    Args:
+      sizes: increasing training-set sizes; accuracies: the curve at those sizes.
+    """
+    sizes, acc = np.asarray(sizes, np.float64), np.asarray(accuracies, np.float64)
+    if sizes.shape != acc.shape or sizes.ndim != 1 or np.any(np.diff(sizes) <= 0):
+        raise ValueError(f"sizes {sizes} must be increasing and match accuracies {acc}")
+    above = np.flatnonzero(acc >= target)
+    if above.size == 0:
+        return None
+    i = int(above[0])
+    if i == 0:
+        return float(sizes[0])
+    lo, hi = np.log(sizes[i - 1]), np.log(sizes[i])
+    frac = (target - acc[i - 1]) / (acc[i] - acc[i - 1])
+    return float(np.exp(lo + frac * (hi - lo)))
+
+
+def data_efficiency_ratios(sizes, modular_accuracy, vae_accuracy) -> list[dict]:
+    """For each size: the tasks the VAE needs for the accuracy ``modular`` reaches there.
+
+    Returns:
+      One ``{"num_train", "modular_accuracy", "vae_tasks_needed", "ratio"}`` per size;
+      ``vae_tasks_needed`` and ``ratio`` are ``None`` when the VAE curve never reaches it
+      (then the ratio is more than ``max(sizes) / num_train``).
+    """
+    rows = []
+    for size, acc in zip(sizes, modular_accuracy, strict=True):
+        needed = tasks_to_reach(sizes, vae_accuracy, acc)
+        rows.append(
+            {
+                "num_train": int(size),
+                "modular_accuracy": float(acc),
+                "vae_tasks_needed": needed,
+                "ratio": None if needed is None else needed / size,
+            }
+        )
+    return rows
