@@ -139,6 +139,8 @@ def data_efficiency_figure(
     for name, acc in accuracies.items():
         ax.plot(sizes, 100 * np.asarray(acc, np.float64), "o-", label=labels.get(name, name))
     ax.set_xscale("log")
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.minorticks_off()
     ax.set_xlabel("training tasks (log scale)")
     ax.set_ylabel("test edge accuracy (%)")
     ax.set_title(f"{system}" + (f", {steps} gradient steps per point" if steps else ""))
