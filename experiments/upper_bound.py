@@ -30,7 +30,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import app, flags, logging
 
 from nri_modular import config as config_lib
@@ -56,9 +55,6 @@ flags.DEFINE_integer(
     "the first num_train of them, so one cached dataset serves every budget.",
 )
 flags.DEFINE_integer("data_num_valid", 0, "Valid tasks in the dataset (0: num_valid).")
-flags.DEFINE_float(
-    "final_lr", 0.0, "Cosine-decay the learning rate to this over num_epochs (0: constant)."
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,7 +198,6 @@ def run_arm(
     curve_valid: int,
     write,
     workdir: str,
-    final_lr: float = 0.0,
     curve_search: bool = True,
 ) -> dict:
     """Trains one arm within ``budget``, writing a curve point every ``eval_every_seconds``.
@@ -225,10 +220,7 @@ def run_arm(
     n = config.num_particles
     train_split, valid = data.train, data.valid
     bank = config_lib.build_bank(config)
-    lr = config.learning_rate
-    if final_lr:
-        lr = optax.cosine_decay_schedule(lr, budget.total_steps, alpha=final_lr / lr)
-    optimizer = optax.adam(lr)
+    optimizer = config_lib.module_optimizer(config)
     bg_config = config_lib.bouncegrad_config(config)
     if arm == "upper_bound":
         bg_config = dataclasses.replace(bg_config, sa_steps=0)
@@ -371,9 +363,7 @@ def main(argv):
         )
 
     finals = {
-        arm: run_arm(
-            arm, config, data, budget, f.curve_valid, write, workdir, f.final_lr, f.curve_search
-        )
+        arm: run_arm(arm, config, data, budget, f.curve_valid, write, workdir, f.curve_search)
         for arm in f.arm
     }
     title = (

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import optax
+
 from nri_modular import bouncegrad, distributed, gnn
 from nri_modular.modules import ModuleBank
 from nri_modular.structure import EXACT_KINDS, MAX_EXACT_SETTINGS, MOVE_KINDS
@@ -41,6 +43,7 @@ class Config:
     batch_size: int = 50
     num_epochs: int = 100
     learning_rate: float = 1e-3
+    final_learning_rate: float = 0.0  # > 0: cosine decay to it over the run (module_optimizer)
     p: int = 10
     sa_steps: int = 1
     refresh_energy: bool = True
@@ -143,6 +146,11 @@ class Config:
         for name in ("learning_rate", "proposal_learning_rate"):
             value = getattr(self, name)
             _check(value > 0, f"{name} must be positive, got {value}")
+        _check(
+            0.0 <= self.final_learning_rate <= self.learning_rate,
+            f"final_learning_rate must be in [0, learning_rate={self.learning_rate}] "
+            f"(0: constant), got {self.final_learning_rate}",
+        )
         for name in (
             "initial_temperature",
             "test_t_start",
@@ -234,6 +242,20 @@ def build_bank(config: Config) -> ModuleBank:
         config.node_hidden,
         init_spread=config.module_init_spread,
     )
+
+
+def module_optimizer(config: Config) -> optax.GradientTransformation:
+    """Adam on the module weights, at a constant or cosine-decayed step size.
+
+    ``final_learning_rate=0`` (the default): constant ``learning_rate``. Otherwise the step
+    size decays from ``learning_rate`` to ``final_learning_rate`` along a cosine over the
+    run's ``num_epochs * (num_train // batch_size)`` steps.
+    """
+    if config.final_learning_rate == 0:
+        return optax.adam(config.learning_rate)
+    steps = config.num_epochs * (config.num_train // config.batch_size)
+    alpha = config.final_learning_rate / config.learning_rate
+    return optax.adam(optax.cosine_decay_schedule(config.learning_rate, steps, alpha=alpha))
 
 
 def bouncegrad_config(config: Config) -> bouncegrad.BounceGradConfig:

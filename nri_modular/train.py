@@ -88,7 +88,7 @@ def build(config: Config, mesh, sample_states: np.ndarray) -> Setup:
     )
     n = config.num_particles
     bank = config_lib.build_bank(config)
-    optimizer = optax.adam(config.learning_rate)
+    optimizer = config_lib.module_optimizer(config)
     proposal_init = proposal_apply = proposal_optimizer = None
     if config.uses_proposal_network:
         proposal_init, proposal_apply = proposal_net.make_proposal_network(

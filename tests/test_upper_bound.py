@@ -1,5 +1,6 @@
 """experiments/upper_bound.py: the true-relations upper bound next to BounceGrad, on valid."""
 
+import dataclasses
 import importlib.util
 import itertools
 import json
@@ -116,3 +117,31 @@ def test_unknown_arm_and_missing_curve_keys_are_errors(tmp_path):
         ub.run_arm("oracle", config, None, ub.Budget(1), 1, print, str(tmp_path))
     with pytest.raises(ValueError, match="missing"):
         plots.upper_bound_curves([{"arm": "upper_bound"}], str(tmp_path / "x.png"))
+
+
+def test_module_optimizer_is_constant_adam_by_default_and_cosine_decays_to_the_final_rate():
+    import optax
+
+    from nri_modular import config as config_lib
+
+    params = {"w": jnp.zeros(3)}
+    grads = {"w": jnp.ones(3)}  # Adam's normalised step is then exactly the step size
+
+    def step_sizes(optimizer, steps):
+        state, sizes = optimizer.init(params), []
+        for _ in range(steps):
+            updates, state = optimizer.update(grads, state, params)
+            sizes.append(-float(updates["w"][0]))
+        return np.array(sizes)
+
+    base = flagfile_config(learning_rate=2e-3)  # 40 tasks / batch 10 x 2 epochs = 8 steps
+    np.testing.assert_allclose(
+        step_sizes(config_lib.module_optimizer(base), 8), step_sizes(optax.adam(2e-3), 8)
+    )
+    decayed = dataclasses.replace(base, final_learning_rate=1e-4)
+    sizes = step_sizes(config_lib.module_optimizer(decayed), 9)
+    np.testing.assert_allclose(sizes[[0, 8]], [2e-3, 1e-4], rtol=1e-4)
+    assert np.all(np.diff(sizes) < 0)
+    for bad in (-1e-4, 3e-3):
+        with pytest.raises(ValueError, match="final_learning_rate must be in"):
+            dataclasses.replace(base, final_learning_rate=bad)
