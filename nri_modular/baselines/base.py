@@ -44,6 +44,22 @@ from nri_modular.config import Config
 from nri_modular.data import batching, datasets
 from nri_modular.modules import ModuleBank, Params
 
+# Config fields a baseline's training depends on (the data, the sizes, the batches); a
+# saved baseline is reloaded only if they and the BaselineSettings are unchanged.
+TRAINING_FIELDS = (
+    "system",
+    "num_particles",
+    "num_train",
+    "num_valid",
+    "data_seed",
+    "num_modules",
+    "edge_hidden",
+    "node_hidden",
+    "proposal_hidden",
+    "batch_size",
+    "p",
+    "obs_frames",
+)
 MAX_VALID_CHECKS = 40  # valid-loss evaluations per training run (at most ~this many)
 NUM_TYPES = 2  # relation types of both systems (spring / none; attract / repel)
 
@@ -130,9 +146,10 @@ class Method(abc.ABC):
 
     def meta(self) -> dict:
         """What the saved parameters were trained with (compared when loading)."""
+        config = checkpoints.config_json(self.config)
         return {
             "method": self.name,
-            "config": checkpoints.config_json(self.config),
+            "config": {k: config[k] for k in TRAINING_FIELDS},
             "settings": dataclasses.asdict(self.settings),
         }
 
