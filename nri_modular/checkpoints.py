@@ -39,10 +39,15 @@ STATE_FIELDS = (
     "edge_hidden",
     "node_hidden",
     "proposal",
-    "test_proposal",
     "proposal_hidden",
     "task_shards",  # the data order (not a shape): another value would not resume exactly
 )
+
+# Settings a resumed run may not change although they change no shape: they determine its
+# data (data_seed: the cached dataset would be regenerated), its data order (seed,
+# batch_size) and so whether it resumes exactly.
+RESUME_FIELDS = ("data_seed", "seed", "batch_size")
+RUN_META = "run.json"
 
 MODEL_META = "model.json"
 MODEL_PARAMS = "params"
@@ -92,9 +97,12 @@ def _check_workdir_config(workdir: str, config: Config) -> None:
         defaults = config_json(Config())  # fields added since the run was started
         diff = {
             k: (saved.get(k, defaults[k]), current[k])
-            for k in STATE_FIELDS
+            for k in STATE_FIELDS + RESUME_FIELDS
             if saved.get(k, defaults[k]) != current[k]
         }
+        network = [Config(**_known(saved)).uses_proposal_network, config.uses_proposal_network]
+        if network[0] != network[1]:  # the checkpoint holds a proposal network or not
+            diff["proposal network (blocked_gibbs in proposal or test_proposal)"] = network
         if diff:
             raise ValueError(
                 f"workdir {workdir!r} holds a run with different "
@@ -102,6 +110,86 @@ def _check_workdir_config(workdir: str, config: Config) -> None:
                 + "; use another --workdir"
             )
     write_json_atomic(path, current)
+
+
+def _known(saved: dict) -> dict:
+    """The fields of a saved config that this version's :class:`Config` knows (lists as
+    tuples)."""
+    names = {f.name for f in dataclasses.fields(Config)}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in names}
+
+
+def config_from_json(saved: dict) -> Config:
+    """The :class:`Config` of a ``config_json`` dict (fields added since: defaults)."""
+    return Config(**_known(saved))
+
+
+# What a run keeps about itself beside its checkpoints (<workdir>/run.json), written
+# atomically with the config: enough to rebuild and score the model with no training data.
+
+
+def write_run_meta(
+    workdir: str,
+    config: Config,
+    normalization: dict,
+    train_data: dict,
+    module_to_relation: dict | None = None,
+) -> dict:
+    """Writes ``<workdir>/run.json`` (atomically) and returns it.
+
+    Args:
+      config: the run's config.
+      normalization: ``Normalization.to_dict()`` of the training split (never recomputed
+        when the run is evaluated).
+      train_data: ``datasets.fingerprint`` of the training split.
+      module_to_relation: ``{str(step): [K] map}`` chosen on the training tasks' structures
+        of each checkpoint, plus ``"train_edge_accuracy"`` per step.
+    """
+    meta = {
+        "config": config_json(config),
+        "normalization": dict(normalization),
+        "train_data": train_data,
+        "module_to_relation": dict(module_to_relation or {}),
+    }
+    write_json_atomic(os.path.join(workdir, RUN_META), meta)
+    return meta
+
+
+def read_run_meta(workdir: str) -> dict | None:
+    """``<workdir>/run.json`` (None when the run predates it).
+
+    Raises:
+      ValueError: the file exists but is unreadable (the message names it).
+    """
+    path = os.path.join(workdir, RUN_META)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} is unreadable ({type(e).__name__}: {e})") from e
+    missing = {"config", "normalization", "train_data", "module_to_relation"} - set(meta)
+    if missing:
+        raise ValueError(f"{path} lacks {sorted(missing)}")
+    return meta
+
+
+def check_train_data(workdir: str, saved: dict, current: dict) -> None:
+    """Raises unless a resumed run trains on the data it started with (same fingerprint).
+
+    Raises:
+      ValueError: naming the old and new file shapes and hashes.
+    """
+    if saved == current:
+        return
+    raise ValueError(
+        f"workdir {workdir!r} was trained on other data: training files "
+        f"{saved.get('files')} (sample hash {str(saved.get('sha256'))[:12]}), now "
+        f"{current.get('files')} (sample hash {str(current.get('sha256'))[:12]}); a resumed "
+        "run must see the same training data (moving the folder is fine): point --data_dir "
+        "at it, or use another --workdir"
+    )
 
 
 def prepare_workdir(workdir: str, config: Config) -> None:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
 import time
 from collections.abc import Callable
 
@@ -30,7 +32,7 @@ from absl import logging
 from nri_modular import annealing, distributed, gnn, metrics
 from nri_modular import structure as structure_lib
 from nri_modular.config import Config
-from nri_modular.data import batching
+from nri_modular.data import batching, datasets
 from nri_modular.modules import ModuleBank, Params
 
 
@@ -164,7 +166,7 @@ def search_structures(
     jax.jit, static_argnames=("bank", "horizon", "block_rows", "edge_compute", "groups")
 )
 def _rollout_sq_error(
-    bank, params, states, structure, start, horizon, block_rows, edge_compute, groups
+    bank, params, states, structure, start, horizon, block_rows, edge_compute, groups, scale
 ):
     preds = gnn.rollout(
         bank,
@@ -177,6 +179,8 @@ def _rollout_sq_error(
         groups=groups,
     )
     truth = jax.lax.dynamic_slice_in_dim(states, start + 1, horizon, axis=1)
+    if scale is not None:  # [4] per-dimension factors (None: normalised units)
+        preds, truth = preds * scale[None, None, None], truth * scale[None, None, None]
     return metrics.squared_error_per_step(preds, truth)  # [B, horizon]
 
 
@@ -193,6 +197,7 @@ def prediction_mse(
     put: Callable[[np.ndarray], jax.Array] = jnp.asarray,
     fetch: Callable[[jax.Array], np.ndarray] = np.asarray,
     groups: int = 1,
+    dim_scale: np.ndarray | None = None,
 ) -> np.ndarray:
     """MSE of open-loop rollouts from ``start_frame``, per step.
 
@@ -200,6 +205,8 @@ def prediction_mse(
       states: ``[N, T, n, 4]`` with ``T > start_frame + horizon``.
       structures: int32 ``[N, E]``.
       groups: edge layouts per ``groups`` slices of a batch (see ``gnn.rollout``).
+      dim_scale: ``[4]`` factors applied to the errors of (x, y, vx, vy) before squaring
+        (``Normalization.scale()`` gives physical units); default: normalised units.
       put, fetch: as in :func:`search_structures`.
 
     Returns:
@@ -224,13 +231,22 @@ def prediction_mse(
             block_rows,
             edge_compute,
             groups,
+            None if dim_scale is None else jnp.asarray(dim_scale, states.dtype),
         )
         total += fetch(err)[:valid].sum(0)
     return total / n_tasks
 
 
 def meta_test(
-    config: Config, bank: ModuleBank, state, train_labels, test, proposal_apply=None, mesh=None
+    config: Config,
+    bank: ModuleBank,
+    state,
+    train_labels,
+    test,
+    proposal_apply=None,
+    mesh=None,
+    mapping=None,
+    keep_structures: bool = False,
 ) -> dict:
     """Structure search on the test tasks' observed frames, then prediction and accuracy.
 
@@ -244,6 +260,10 @@ def meta_test(
         ``blocked_gibbs``).
       mesh: with a mesh, every batch of test tasks is split over its ``data`` axis (the
         jitted search and rollout compile for those shardings).
+      mapping: int ``[K]`` module -> relation map to use instead of choosing it on
+        ``train_labels`` (e.g. the one a run saved); ``train_labels`` may then be None.
+      keep_structures: also return the searched structures (``"structures"``, int32
+        ``[M, E]``, not JSON).
 
     Returns:
       The results: edge accuracy (test, and of the training structures), MSE at 1/10/20
@@ -259,7 +279,9 @@ def meta_test(
 
         fetch = distributed.to_host
     train_structures = distributed.to_host(state.structures)
-    mapping = metrics.module_mapping(train_structures, train_labels, config.num_modules, 2)
+    if mapping is None:
+        mapping = metrics.module_mapping(train_structures, train_labels, config.num_modules, 2)
+    mapping = np.asarray(mapping)
     observed = test.states[:, : config.obs_frames]
 
     def progress(done, total):
@@ -293,10 +315,12 @@ def meta_test(
         fetch=fetch,
         groups=config.task_shards,
     )
-    return {
+    results = {
         "system": config.system,
         "edge_accuracy": metrics.edge_accuracy(structures, test.labels, mapping),
-        "train_edge_accuracy": metrics.edge_accuracy(train_structures, train_labels, mapping),
+        "train_edge_accuracy": None
+        if train_labels is None
+        else metrics.edge_accuracy(train_structures, train_labels, mapping),
         "mse_1": float(mse[0]),
         "mse_10": float(mse[9]) if len(mse) >= 10 else None,
         "mse_20": float(mse[19]) if len(mse) >= 20 else None,
@@ -305,3 +329,227 @@ def meta_test(
         "num_test_tasks": int(test.states.shape[0]),
         "test_search_seconds": search_seconds,
     }
+    if keep_structures:
+        results["structures"] = structures
+    return results
+
+
+# ----------------------------------------------------------------------------------------
+# Evaluating a finished run on any data.
+
+# What evaluate_run may change of a run's meta-test (search and prediction settings);
+# everything else (model, normalisation, map) is the run's own.
+EVAL_OVERRIDES = (
+    "test_proposal",
+    "test_sa_steps",
+    "test_uniform_mix",
+    "test_t_start",
+    "test_t_end",
+    "test_batch_size",
+    "obs_frames",
+    "horizon",
+)
+
+
+def run_config(workdir: str) -> tuple[Config, dict | None]:
+    """A run's config and its ``run.json`` metadata (None for runs made before it).
+
+    Raises:
+      FileNotFoundError: ``workdir`` holds no run (names the files looked for).
+    """
+    from nri_modular import checkpoints
+
+    meta = checkpoints.read_run_meta(workdir)
+    if meta is not None:
+        return checkpoints.config_from_json(meta["config"]), meta
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{workdir} holds no run: neither {checkpoints.RUN_META} nor config.json exists"
+        )
+    with open(path, encoding="utf-8") as f:
+        return checkpoints.config_from_json(json.load(f)), None
+
+
+def _legacy_meta(config: Config, state, step: int) -> dict:
+    """Metadata of a run made before ``run.json``: the normalisation and the map rebuilt
+    from its training split (``config.data_dir``), which must then still exist."""
+    logging.warning(
+        "run made before run.json: normalisation and module -> relation map rebuilt from "
+        "its training data in %s",
+        config.data_dir,
+    )
+    train_split = datasets.load_dataset(
+        config.data_dir, config.system, config.num_particles, splits=("train",)
+    )
+    structures = distributed.to_host(state.structures)
+    labels = train_split.train.labels
+    mapping = metrics.module_mapping(structures, labels, config.num_modules, 2)
+    return {
+        "normalization": train_split.normalization.to_dict(),
+        "train_data": datasets.fingerprint(config.data_dir, config.system, config.num_particles),
+        "module_to_relation": {
+            str(step): {
+                "map": [int(v) for v in mapping],
+                "train_edge_accuracy": float(metrics.edge_accuracy(structures, labels, mapping)),
+            }
+        },
+    }
+
+
+def physical_scale(normalization: datasets.Normalization) -> np.ndarray:
+    """``[4]`` factors taking normalised errors of (x, y, vx, vy) to physical units."""
+    loc = (normalization.loc_max - normalization.loc_min) / 2
+    vel = (normalization.vel_max - normalization.vel_min) / 2
+    return np.array([loc, loc, vel, vel])
+
+
+def evaluate_run(
+    workdir: str,
+    data_dir: str,
+    split: str = "test",
+    num_tasks: int = 0,
+    step: int | None = None,
+    overrides: dict | None = None,
+    out: str | None = None,
+    num_plots: int = 3,
+) -> dict:
+    """Scores a trained run on any Kipf-layout folder, with the run's own constants.
+
+    Rebuilds the model from the run's config, restores checkpoint ``step``, loads only
+    ``split`` of ``data_dir`` (ours, Kipf's released files, the reference generator's),
+    normalises it with the run's training constants (never recomputed), searches the
+    structures and predicts as at the end of training (:func:`meta_test`), and scores edge
+    accuracy with the run's module -> relation map. On the run's own test split this
+    reproduces its ``results.json``.
+
+    Args:
+      workdir: the run's folder (``run.json`` or, for older runs, ``config.json``).
+      data_dir: folder of ``{loc,vel,edges}_{split}_{system}{n}.npy``.
+      split: ``"test"`` or ``"valid"`` (any split name of the layout).
+      num_tasks: score the first ``num_tasks`` systems (0: all).
+      step: checkpoint step (default: the latest).
+      overrides: search / prediction settings (:data:`EVAL_OVERRIDES`) to change.
+      out: results JSON path (default ``<workdir>/eval/<split>_<folder>_step<k>.json``);
+        the figure is written beside it (``.png``) when ``num_plots > 0``.
+      num_plots: systems drawn (the first ones of the split).
+
+    Returns:
+      The results (also written to ``out``): edge accuracy, MSE per step in normalised and
+      physical units, search and wall seconds, what was evaluated.
+    """
+    from nri_modular import checkpoints, plots, train
+
+    start = time.time()
+    config, meta = run_config(workdir)
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(EVAL_OVERRIDES))
+    if unknown:
+        raise ValueError(f"cannot override {unknown} at evaluation; allowed: {EVAL_OVERRIDES}")
+    eval_config = dataclasses.replace(config, **overrides)
+    if eval_config.test_proposal == "blocked_gibbs" and not config.uses_proposal_network:
+        raise ValueError(
+            "test_proposal=blocked_gibbs needs the learned proposal network, which this run "
+            f"did not train (proposal={config.proposal}, test_proposal={config.test_proposal})"
+        )
+    if eval_config.uses_proposal_network and eval_config.obs_frames != config.obs_frames:
+        raise ValueError(
+            f"the proposal network reads obs_frames={config.obs_frames} frames; "
+            f"obs_frames={eval_config.obs_frames} needs another test_proposal"
+        )
+    manager = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
+    steps = list(manager.all_steps())
+    step = steps[-1] if step is None and steps else step
+    if step not in steps:
+        raise ValueError(f"{workdir} has no checkpoint at step {step}; it has {steps}")
+    mesh = distributed.make_mesh(config.model_axis_size)
+    sample = np.zeros((1, config.obs_frames, config.num_particles, 4), np.float32)
+    setup = train.build(config, mesh, sample)
+    state = checkpoints.restore_checkpoint(manager, step, setup.abstract_state)
+    meta = meta if meta is not None else _legacy_meta(config, state, step)
+    entry = meta["module_to_relation"].get(str(step))
+    if entry is None:
+        raise ValueError(
+            f"{workdir}: no module -> relation map was saved for step {step} (saved for "
+            f"steps {sorted(meta['module_to_relation'], key=int)})"
+        )
+    normalization = datasets.Normalization.from_dict(meta["normalization"])
+    data = datasets.load_dataset(
+        data_dir, config.system, config.num_particles, splits=(split,), normalization=normalization
+    )[split]
+    if num_tasks:
+        if num_tasks > data.num_tasks:
+            raise ValueError(f"num_tasks={num_tasks} but {data_dir} has {data.num_tasks} {split}")
+        data = datasets.Split(data.states[:num_tasks], data.labels[:num_tasks])
+    frames_needed = eval_config.obs_frames + eval_config.horizon
+    if data.num_frames <= frames_needed:
+        raise ValueError(
+            f"{split} trajectories in {data_dir} have {data.num_frames} frames; need more than "
+            f"obs_frames + horizon = {frames_needed} (set --obs_frames / --horizon)"
+        )
+    results = meta_test(
+        eval_config,
+        setup.bank,
+        state,
+        None,
+        data,
+        setup.proposal_apply,
+        mesh=mesh,
+        mapping=entry["map"],
+        keep_structures=True,
+    )
+    structures = results.pop("structures")
+    scale = physical_scale(normalization)
+    physical = prediction_mse(
+        setup.bank,
+        state.params,
+        data.states,
+        structures,
+        start_frame=eval_config.obs_frames,
+        horizon=eval_config.horizon,
+        batch_size=eval_config.test_batch_size,
+        block_rows=config.block_rows,
+        edge_compute=config.edge_compute,
+        put=lambda x: distributed.put_batch(mesh, x),
+        fetch=distributed.to_host,
+        groups=config.task_shards,
+        dim_scale=scale,
+    )
+    results.update(
+        train_edge_accuracy=entry["train_edge_accuracy"],
+        mse_per_step_physical=[float(v) for v in physical],
+        mse_1_physical=float(physical[0]),
+        mse_10_physical=float(physical[9]) if len(physical) >= 10 else None,
+        mse_20_physical=float(physical[19]) if len(physical) >= 20 else None,
+        workdir=os.path.abspath(workdir),
+        step=int(step),
+        data_dir=os.path.abspath(data_dir),
+        split=split,
+        overrides=overrides,
+    )
+    out = out or os.path.join(
+        workdir,
+        "eval",
+        f"{split}_{os.path.basename(os.path.abspath(data_dir))}_step{step}.json",
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    if num_plots > 0:
+        picks = np.arange(min(num_plots, data.num_tasks))
+        initial = jnp.asarray(data.states[picks, eval_config.obs_frames])
+        predicted = jax.jit(gnn.rollout, static_argnums=(0, 4))(
+            setup.bank, state.params, initial, jnp.asarray(structures[picks]), eval_config.horizon
+        )
+        results["figure"] = os.path.splitext(out)[0] + ".png"
+        plots.evaluation_figure(
+            normalization.denormalise(data.states[picks].astype(np.float64)),
+            normalization.denormalise(np.asarray(predicted, np.float64)),
+            np.asarray(entry["map"])[structures[picks]],
+            data.labels[picks],
+            eval_config.obs_frames,
+            results["figure"],
+            system=config.system,
+        )
+    results["wall_seconds"] = time.time() - start
+    checkpoints.write_json_atomic(out, results)
+    results["out"] = out
+    return results

@@ -149,3 +149,83 @@ def data_efficiency_figure(
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def evaluation_figure(
+    states: np.ndarray,
+    predicted: np.ndarray,
+    inferred: np.ndarray,
+    true: np.ndarray,
+    obs_frames: int,
+    path: str,
+    system: str = "",
+) -> None:
+    """Evaluation PNG, one column per system: paths, then inferred vs true graph.
+
+    Top: observed positions (frames ``0..obs_frames``, solid), the true continuation
+    (dashed) and the model's open-loop prediction from frame ``obs_frames`` (dotted, x at
+    its end). Bottom: the ``n x n`` relations ``j -> i`` found by the search (mapped to
+    relation types), true ones circled, wrong ones crossed in red.
+
+    Args:
+      states: ``[S, T, n, 4]`` physical (x, y, vx, vy) of each system.
+      predicted: ``[S, H, n, 4]`` physical predictions of frames ``obs_frames + 1..+H``.
+      inferred, true: int ``[S, n(n-1)]`` relation types (receiver-major edge order).
+      obs_frames: frames the structure search saw.
+      path: the PNG to write.
+    """
+    from nri_modular import graph
+
+    s, h = predicted.shape[0], predicted.shape[1]
+    n = states.shape[2]
+    if states.shape[0] != s or inferred.shape != true.shape or inferred.shape[0] != s:
+        raise ValueError(
+            f"states {states.shape}, predicted {predicted.shape}, inferred {inferred.shape} "
+            f"and true {true.shape} must hold the same systems"
+        )
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, s, figsize=(4.5 * s, 8.5), squeeze=False)
+    colors = plt.cm.tab10(np.arange(n) % 10)
+    receivers, senders = graph.edge_index(n)
+    for c in range(s):
+        ax = axes[0, c]
+        end = obs_frames + h
+        for j in range(n):
+            obs = states[c, : obs_frames + 1, j]
+            ax.plot(obs[:, 0], obs[:, 1], "-", color=colors[j], lw=1.2)
+            ax.plot(obs[0, 0], obs[0, 1], "o", color=colors[j], ms=3)
+            truth = states[c, obs_frames : end + 1, j]
+            ax.plot(truth[:, 0], truth[:, 1], "--", color=colors[j], lw=1.5)
+            pred = np.concatenate([states[c, obs_frames : obs_frames + 1, j], predicted[c, :, j]])
+            ax.plot(pred[:, 0], pred[:, 1], ":", color="k", lw=1.8)
+            ax.plot(pred[-1, 0], pred[-1, 1], "x", color="k", ms=6)
+        right = int((inferred[c] == true[c]).sum())
+        ax.set_title(f"system {c}: {right}/{true.shape[1]} edges right")
+        ax.set_aspect("equal", adjustable="datalim")
+        grid = np.full((n, n), np.nan)
+        truth_grid = np.full((n, n), np.nan)
+        grid[receivers, senders] = inferred[c]
+        truth_grid[receivers, senders] = true[c]
+        ax = axes[1, c]
+        ax.imshow(grid, cmap="Blues", vmin=-0.5, vmax=1.5)
+        for i, j in zip(receivers, senders, strict=True):
+            if truth_grid[i, j] == 1:
+                ax.plot(j, i, "o", mfc="none", mec="orange", ms=14, mew=2)
+            if grid[i, j] != truth_grid[i, j]:
+                ax.plot(j, i, "x", color="red", ms=12, mew=2.5)
+        ax.set_xticks(range(n))
+        ax.set_yticks(range(n))
+        ax.set_xlabel("sender j")
+        ax.set_ylabel("receiver i")
+        ax.set_title("graph j -> i: inferred vs true")
+    axes[0, 0].plot([], [], "k-", label=f"observed (frames 0-{obs_frames})")
+    axes[0, 0].plot([], [], "k--", label="true continuation")
+    axes[0, 0].plot([], [], "k:", label=f"predicted ({h} steps)")
+    axes[0, 0].legend(loc="best", fontsize=8)
+    fig.suptitle(
+        f"{system}: paths (top); graph (bottom): dark blue = inferred relation 1 "
+        "(spring / like charges), orange o = true relation 1, red x = wrong"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -99,3 +99,30 @@ def format_hidden_node_results(results: dict) -> str:
         ]
     lines.append(f"figure: {r['figure']}")
     return "\n".join(lines)
+
+
+def format_evaluation(results: dict) -> str:
+    """The table of :func:`nri_modular.evaluate.evaluate_run` (Markdown)."""
+
+    def mse(key):
+        value = results.get(key)
+        return "n/a (horizon too short)" if value is None else f"{value:.3e}"
+
+    lines = [
+        f"{results['system']}: run {results['workdir']} (step {results['step']}) on "
+        f"{results['num_test_tasks']} {results['split']} systems of {results['data_dir']}",
+        "| metric | value |",
+        "|---|---|",
+        f"| edge accuracy (run's module -> relation map) | {100 * results['edge_accuracy']:.2f}% |",
+    ]
+    for k in (1, 10, 20):
+        label = f"MSE {k} step{'s' if k > 1 else ''}"
+        lines.append(f"| {label} (normalised) | {mse(f'mse_{k}')} |")
+        lines.append(f"| {label} (physical units) | {mse(f'mse_{k}_physical')} |")
+    lines += [
+        f"| structure search | {results['test_search_seconds']:.1f} s |",
+        f"| wall (restore, search, prediction, figure) | {results['wall_seconds']:.1f} s |",
+        f"results: {results['out']}"
+        + (f"; figure: {results['figure']}" if "figure" in results else ""),
+    ]
+    return "\n".join(lines)

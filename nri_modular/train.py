@@ -39,10 +39,18 @@ import numpy as np
 import optax
 from absl import logging
 
-from nri_modular import bouncegrad, checkpoints, distributed, evaluate, proposal_net, reporting
+from nri_modular import (
+    bouncegrad,
+    checkpoints,
+    distributed,
+    evaluate,
+    metrics,
+    proposal_net,
+    reporting,
+)
 from nri_modular import config as config_lib
 from nri_modular.config import Config
-from nri_modular.data import batching, loading
+from nri_modular.data import batching, datasets, loading
 from nri_modular.modules import ModuleBank
 from nri_modular.writers import MetricWriter
 
@@ -190,6 +198,65 @@ def _warn_if_not_device_local(config: Config, mesh) -> None:
         )
 
 
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite loss or parameter; nothing after it was saved."""
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+
+
+def check_finite(pending: list, state, last_saved: int | None) -> None:
+    """Raises :class:`DivergenceError` at the first non-finite loss of ``pending``
+    ``[(step, loss)]`` or when the state's parameters are not all finite.
+
+    Called before every checkpoint and log line, so the latest checkpoint stays the last
+    good one and no results are written.
+    """
+    losses = np.asarray([float(loss) for _, loss in pending], np.float64)
+    kept = (
+        f"the latest checkpoint (step {last_saved}) is the last good state"
+        if last_saved is not None
+        else "no checkpoint was written"
+    )
+    fix = "lower --learning_rate / --proposal_learning_rate, or check the data"
+    if (~np.isfinite(losses)).any():
+        first = int(np.argmax(~np.isfinite(losses)))
+        raise DivergenceError(
+            f"training diverged: loss {losses[first]} at step {pending[first][0]}; {kept}; "
+            f"no results written; {fix}"
+        )
+    if pending and not bool(_all_finite((state.params, state.proposal_params))):
+        raise DivergenceError(
+            f"training diverged: non-finite parameters after step {pending[-1][0]}; {kept}; "
+            f"no results written; {fix}"
+        )
+
+
+def _record_map(run_meta: dict, state, train_labels, step: int, config: Config) -> dict:
+    """Adds the module -> relation map of checkpoint ``step`` (chosen on the training
+    tasks' structures) to the run's metadata; returns the metadata."""
+    structures = distributed.to_host(state.structures)
+    mapping = metrics.module_mapping(structures, train_labels, config.num_modules, 2)
+    run_meta["module_to_relation"][str(step)] = {
+        "map": [int(v) for v in mapping],
+        "train_edge_accuracy": float(metrics.edge_accuracy(structures, train_labels, mapping)),
+    }
+    return run_meta
+
+
+def _save_run_meta(workdir: str, config: Config, run_meta: dict) -> None:
+    if distributed.is_primary():
+        checkpoints.write_run_meta(
+            workdir,
+            config,
+            run_meta["normalization"],
+            run_meta["train_data"],
+            run_meta["module_to_relation"],
+        )
+
+
 @dataclasses.dataclass
 class TrainResult:
     """What :func:`train` hands to meta-testing."""
@@ -235,6 +302,17 @@ def train(config: Config, workdir: str) -> TrainResult:
 
     manager = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
     latest = manager.latest_step()
+    fingerprint = datasets.fingerprint(config.data_dir, config.system, config.num_particles)
+    run_meta = checkpoints.read_run_meta(workdir)
+    if run_meta is not None and latest is not None:
+        checkpoints.check_train_data(workdir, run_meta["train_data"], fingerprint)
+    else:  # a new run (or one from before run.json): it describes itself from now on
+        run_meta = {
+            "normalization": data.normalization.to_dict(),
+            "train_data": fingerprint,
+            "module_to_relation": {},
+        }
+    _save_run_meta(workdir, config, run_meta)
     if latest is not None:
         state = checkpoints.restore_checkpoint(manager, latest, setup.abstract_state)
         logging.info("resumed from checkpoint at step %d", latest)
@@ -247,6 +325,7 @@ def train(config: Config, workdir: str) -> TrainResult:
     step = int(state.step)
     saved = latest
     window, window_start = [], time.time()
+    pending = []  # (step, loss) not yet checked for divergence
     writer = (
         MetricWriter(workdir, resume_step=latest, tensorboard=config.tensorboard)
         if distributed.is_primary()
@@ -267,30 +346,44 @@ def train(config: Config, workdir: str) -> TrainResult:
                     batching.check_block_local(ids, config.num_train, config.task_shards)
                     ids_arr, states_arr, labels_arr = _put_batch(mesh, ids, states_np, labels_np)
                     batch = bouncegrad.Batch(task_ids=ids_arr, states=states_arr, labels=labels_arr)
-                    state, metrics = setup.step_fn(state, batch)
-                    window.append(metrics)
+                    state, step_metrics = setup.step_fn(state, batch)
+                    window.append(step_metrics)
+                    pending.append((step + 1, step_metrics["loss"]))
                     step += 1
                     if step % config.log_every == 0 or step == total_steps:
+                        check_finite(pending, state, saved)
+                        pending = []
                         record = _record(window, window_start, step, steps_per_epoch, config)
                         if writer is not None:
                             writer.write(record)
                             logging.info(reporting.format_train_progress(record, total_steps))
                         window, window_start = [], time.time()
                     if step % config.checkpoint_every == 0 or step == total_steps:
+                        check_finite(pending, state, saved)
+                        pending = []
                         checkpoints.save_checkpoint(manager, step, state)
                         saved = step
+                        _record_map(run_meta, state, train_split.labels, step, config)
+                        _save_run_meta(workdir, config, run_meta)
                     # Multi-host: agree on stopping at log boundaries (a collective).
                     check = jax.process_count() == 1 or step % config.log_every == 0
                     if check and distributed.any_process(stop.requested):
                         if saved != step:
+                            check_finite(pending, state, saved)
                             checkpoints.save_checkpoint(manager, step, state, force=True)
+                            _record_map(run_meta, state, train_split.labels, step, config)
+                            _save_run_meta(workdir, config, run_meta)
                         manager.wait_until_finished()
                         logging.warning("preempted: checkpoint at step %d written; exiting", step)
                         raise checkpoints.Preempted(step)
         manager.wait_until_finished()
         if manager.latest_step() != total_steps:
+            check_finite(pending, state, saved)
             checkpoints.save_checkpoint(manager, total_steps, state, force=True)
             manager.wait_until_finished()
+        if str(total_steps) not in run_meta["module_to_relation"]:
+            _record_map(run_meta, state, train_split.labels, total_steps, config)
+            _save_run_meta(workdir, config, run_meta)
     finally:
         if writer is not None:
             writer.close()

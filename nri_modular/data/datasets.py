@@ -22,6 +22,7 @@ velocities (Kipf: ``(x - min) * 2 / (max - min) - 1``), and ``labels`` int32
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -649,6 +650,33 @@ def describe_datasets(datasets_found: Mapping[tuple[str, int], dict]) -> str:
         origin = "ours" if entry["ours"] else f"no {meta_file_name(system, n)}: not written by us"
         parts.append(f"{system}{n} ({splits} simulations; {origin})")
     return "; ".join(parts)
+
+
+def fingerprint(
+    data_dir: str, system: str, num_particles: int, split: str = "train", sample_rows: int = 16
+) -> dict:
+    """What identifies a split's data wherever its folder is: file names, shapes, a hash.
+
+    The hash (SHA-256) covers ``sample_rows`` rows at fixed, evenly spaced indices of each
+    of the split's ``loc`` / ``vel`` / ``edges`` files (memory-mapped: cheap at any size),
+    so another seed, size, system or particle count changes it, and moving or copying the
+    folder does not.
+
+    Returns:
+      ``{"files": {name: shape}, "sample_rows": [...], "sha256": hex}``.
+    """
+    files, digest = {}, hashlib.sha256()
+    rows = None
+    for kind in ("loc", "vel", "edges"):
+        name = file_name(kind, split, system, num_particles)
+        array = _load_array(os.path.join(data_dir, name), mmap=True)
+        files[name] = list(array.shape)
+        if rows is None:
+            count = min(sample_rows, array.shape[0])
+            rows = np.unique(np.linspace(0, array.shape[0] - 1, count).astype(np.int64))
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(array[rows], np.float64).tobytes())
+    return {"files": files, "sample_rows": rows.tolist(), "sha256": digest.hexdigest()}
 
 
 def check_writable(data_dir: str) -> None:

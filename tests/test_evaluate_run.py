@@ -1,0 +1,113 @@
+"""``evaluate_run`` / ``experiments/evaluate.py``: a finished run scored on any data with
+its own constants; on its own test split it reproduces ``results.json``."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO
+
+from nri_modular import evaluate
+from nri_modular.data import datasets
+
+SAME_AS_RESULTS = (
+    "edge_accuracy",
+    "train_edge_accuracy",
+    "mse_1",
+    "mse_per_step",
+    "module_to_relation",
+    "num_test_tasks",
+)
+
+
+def _results(workdir):
+    with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def own_test_split(trained_workdir, tiny_data_dir, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("eval") / "own.json")
+    return evaluate.evaluate_run(trained_workdir, tiny_data_dir, out=out, num_plots=2)
+
+
+def test_own_test_split_reproduces_results_json(trained_workdir, own_test_split):
+    expected = _results(trained_workdir)
+    assert {k: own_test_split[k] for k in SAME_AS_RESULTS} == {
+        k: expected[k] for k in SAME_AS_RESULTS
+    }
+    with open(own_test_split["out"], encoding="utf-8") as f:
+        written = json.load(f)
+    assert written["edge_accuracy"] == expected["edge_accuracy"]
+    # Physical units: the normalised errors scaled by the run's ranges.
+    assert np.all(np.asarray(written["mse_per_step_physical"]) > 0)
+    assert os.path.getsize(own_test_split["figure"]) > 10_000
+
+
+def test_kipf_folder_with_only_the_test_split_and_no_training_data(
+    trained_workdir, tiny_data_dir, tmp_path, own_test_split
+):
+    """A Kipf-layout folder holding only the evaluated split, no meta file, and the run's
+    training data gone: same numbers, so the normalisation is the run's, not recomputed
+    (this folder has no training split to recompute it from)."""
+    kipf = tmp_path / "kipf"
+    kipf.mkdir()
+    for kind in ("loc", "vel", "edges"):
+        name = datasets.file_name(kind, "test", "springs", 4)
+        shutil.copy(os.path.join(tiny_data_dir, name), kipf / name)
+    run = str(tmp_path / "run")
+    shutil.copytree(trained_workdir, run)
+    with open(os.path.join(run, "run.json"), encoding="utf-8") as f:
+        meta = json.load(f)
+    meta["config"]["data_dir"] = str(tmp_path / "training_data_is_gone")
+    with open(os.path.join(run, "run.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f)
+    results = evaluate.evaluate_run(run, str(kipf), num_plots=0)
+    for key in SAME_AS_RESULTS:
+        assert results[key] == own_test_split[key], key
+    assert results["mse_per_step_physical"] == own_test_split["mse_per_step_physical"]
+    assert sorted(os.listdir(kipf)) == sorted(
+        datasets.file_name(k, "test", "springs", 4) for k in ("loc", "vel", "edges")
+    )
+
+
+def test_evaluation_errors_name_the_problem(trained_workdir, tiny_data_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"has no checkpoint at step 5; it has \[4, 8\]"):
+        evaluate.evaluate_run(trained_workdir, tiny_data_dir, step=5)
+    with pytest.raises(ValueError, match="cannot override \\['num_train'\\] at evaluation"):
+        evaluate.evaluate_run(trained_workdir, tiny_data_dir, overrides={"num_train": 3})
+    with pytest.raises(ValueError, match="needs the learned proposal network"):
+        evaluate.evaluate_run(
+            trained_workdir, tiny_data_dir, overrides={"test_proposal": "blocked_gibbs"}
+        )
+    with pytest.raises(ValueError, match="valid trajectories in .* have 49 frames; need more"):
+        evaluate.evaluate_run(trained_workdir, tiny_data_dir, split="valid")
+    with pytest.raises(FileNotFoundError, match="holds no run"):
+        evaluate.evaluate_run(str(tmp_path), tiny_data_dir)
+
+
+def test_cli_valid_split_with_overrides(trained_workdir, tiny_data_dir, tmp_path, subprocess_env):
+    out = str(tmp_path / "valid.json")
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "experiments", "evaluate.py"),
+        f"--workdir={trained_workdir}",
+        f"--data_dir={tiny_data_dir}",
+        "--split=valid",
+        "--obs_frames=30",
+        "--horizon=10",
+        "--num_tasks=2",
+        "--num_plots=0",
+        f"--out={out}",
+    ]
+    proc = subprocess.run(cmd, env=subprocess_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| edge accuracy (run's module -> relation map) |" in proc.stdout
+    with open(out, encoding="utf-8") as f:
+        results = json.load(f)
+    assert results["split"] == "valid" and results["num_test_tasks"] == 2
+    assert len(results["mse_per_step"]) == 10 and results["mse_10"] is not None
