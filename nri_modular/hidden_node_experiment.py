@@ -59,6 +59,7 @@ class ExperimentConfig:
     p: int = 10
     seed: int = 0
     # Inference.
+    split: str = "test"  # systems to infer on; choose settings (refeed, ...) on "valid"
     num_systems: int = 200
     obs_frames: int = 49
     hidden: str = "last"  # "last" or "random" (seeded per system)
@@ -83,6 +84,8 @@ class ExperimentConfig:
                 f"unknown existence_baseline {self.existence_baseline!r}; expected one of "
                 f"{EXISTENCE_BASELINES}"
             )
+        if self.split not in ("test", "valid"):
+            raise ValueError(f"split must be 'test' or 'valid', got {self.split!r}")
         if self.hidden not in HIDDEN_CHOICES:
             raise ValueError(f"unknown hidden {self.hidden!r}; expected one of {HIDDEN_CHOICES}")
         for name in (
@@ -106,10 +109,16 @@ class ExperimentConfig:
             raise ValueError(
                 f"need >= 3 particles (2 observed + 1 hidden), got {self.num_particles}"
             )
-        if self.num_systems > self.num_test:
-            raise ValueError(f"num_systems {self.num_systems} exceeds num_test {self.num_test}")
         if self.num_existence < 0:
             raise ValueError(f"num_existence must be >= 0, got {self.num_existence}")
+        size = self.num_test if self.split == "test" else self.num_valid
+        # The existence-test systems follow the MSE systems: the two never share a system.
+        if self.num_systems + self.num_existence > size:
+            raise ValueError(
+                f"num_systems {self.num_systems} + num_existence {self.num_existence} exceed "
+                f"the {size} {self.split} systems (num_{self.split}): the existence test "
+                "must not reuse the MSE systems; use fewer systems or a larger split"
+            )
 
 
 HIDDEN_CHOICES = ("last", "random")
@@ -245,8 +254,11 @@ def run_experiment(config: ExperimentConfig, workdir: str, log=print) -> dict:
     )
     bank, params, train_seconds = load_or_train(config, workdir, data.train, log)
     n, t = config.num_particles, config.obs_frames
-    if t > data.test.num_frames:
-        raise ValueError(f"obs_frames {t} exceeds the test trajectories' {data.test.num_frames}")
+    split = data[config.split]
+    if t > split.num_frames:
+        raise ValueError(
+            f"obs_frames {t} exceeds the {config.split} trajectories' {split.num_frames}"
+        )
     prior_mean, prior_std = hn.state_prior(data.train.states)
     dynamics = hn.gnn_dynamics(bank, params, edge_compute="blocked")
     scfg = hidden_search_config(config)
@@ -259,7 +271,7 @@ def run_experiment(config: ExperimentConfig, workdir: str, log=print) -> dict:
         hidden = np.full(num, n - 1)
     else:
         hidden = rng.integers(0, n, num)
-    systems = hn.hide_particle(data.test.states[:num, :t], data.test.labels[:num], hidden)
+    systems = hn.hide_particle(split.states[:num, :t], split.labels[:num], hidden)
     infer_known = hn.make_infer_hidden(dynamics, scfg, edges_known=True)
     start = time.time()
     known = _batched(
@@ -297,6 +309,7 @@ def run_experiment(config: ExperimentConfig, workdir: str, log=print) -> dict:
         "num_systems": num,
         "obs_frames": t,
         "hidden": config.hidden,
+        "split": config.split,
         "infer_seconds": infer_seconds,
         "train_seconds": train_seconds,
     }
@@ -327,7 +340,7 @@ def run_experiment(config: ExperimentConfig, workdir: str, log=print) -> dict:
 def existence_test(config, dynamics, data, prior_mean, prior_std, key, log=print) -> dict:
     """Detection of an unobserved particle from ``log(loss without / loss with latent)``.
 
-    Present: ``num_existence`` test systems (those after the ``num_systems`` used above,
+    Present: ``num_existence`` systems of ``split`` (those after the ``num_systems`` used above,
     so the two evaluations do not share systems) with particle ``n - 1`` hidden.
     Absent: ``num_existence`` freshly simulated ``(n - 1)``-particle springs systems
     (same simulator, normalisation and frames), so the observed particles truly feel
@@ -350,9 +363,15 @@ def existence_test(config, dynamics, data, prior_mean, prior_std, key, log=print
     """
     n, m, t = config.num_particles, config.num_particles - 1, config.obs_frames
     num = config.num_existence
-    lo = config.num_systems if config.num_systems + num <= data.test.num_tasks else 0
+    split = data[config.split]
+    lo = config.num_systems  # never the MSE systems (checked by ExperimentConfig)
+    if lo + num > split.num_tasks:
+        raise ValueError(
+            f"the existence test needs num_systems + num_existence = {lo + num} {config.split} "
+            f"systems; {split.num_tasks} exist"
+        )
     present = hn.hide_particle(
-        data.test.states[lo : lo + num, :t], data.test.labels[lo : lo + num], np.full(num, n - 1)
+        split.states[lo : lo + num, :t], split.labels[lo : lo + num], np.full(num, n - 1)
     )
     absent_states, absent_labels = absent_systems(
         num, m, t, data.normalization, seed=config.seed + 1000

@@ -212,7 +212,13 @@ def test_true_edges_model_is_saved_loaded_and_checked(tmp_path):
     """The driver trains the true-edges model once, saves it in <workdir>/model, reloads it,
     and refuses a saved model of other settings or an old-format cache."""
     config = experiment.ExperimentConfig(
-        num_particles=N, num_train=8, num_test=2, num_systems=2, batch_size=4, num_epochs=1
+        num_particles=N,
+        num_train=8,
+        num_test=2,
+        num_systems=2,
+        batch_size=4,
+        num_epochs=1,
+        num_existence=0,
     )
     config = dataclasses.replace(config, edge_hidden=(8,), node_hidden=(8,), log_every=1)
     rng = np.random.default_rng(0)

@@ -115,3 +115,19 @@ def test_divergence_stops_the_run_at_its_step(trained_workdir, tmp_path, tiny_da
     steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
     assert steps[-1] == 8
     assert not os.path.exists(os.path.join(workdir, "results.json"))
+
+
+# ----------------------------------------------------------------------------------------
+# Hidden particle: choices on valid systems, existence test apart from the MSE systems.
+
+
+def test_existence_test_systems_never_overlap_the_mse_systems():
+    from nri_modular import hidden_node_experiment as experiment
+
+    with pytest.raises(ValueError, match="num_systems 200 \\+ num_existence 100 exceed the 250"):
+        experiment.ExperimentConfig(num_test=250, num_systems=200, num_existence=100)
+    with pytest.raises(ValueError, match="exceed the 100 valid systems \\(num_valid\\)"):
+        experiment.ExperimentConfig(split="valid", num_valid=100, num_systems=50)
+    experiment.ExperimentConfig(split="valid", num_valid=100, num_systems=50, num_existence=50)
+    with pytest.raises(ValueError, match="split must be 'test' or 'valid'"):
+        experiment.ExperimentConfig(split="train")
