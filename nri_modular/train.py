@@ -6,9 +6,13 @@ A run flows one way: the dataset (:mod:`nri_modular.data.loading`), batches of t
 (:mod:`nri_modular.checkpoints`), then the meta-test (:func:`nri_modular.evaluate.meta_test`)
 and ``<workdir>/results.json``; :mod:`nri_modular.reporting` prints it.
 
-In ``<workdir>``: ``config.json``, ``metrics.jsonl`` (one JSON line per logged step), Orbax
-checkpoints in ``checkpoints/`` (resumed from the latest one when rerun with the same
-workdir) and finally ``results.json``.
+In ``<workdir>``: ``config.json``, ``run.json`` (normalisation, training-data fingerprint,
+module -> relation map of each checkpoint: what ``experiments/evaluate.py`` needs, see
+:func:`nri_modular.checkpoints.write_run_meta`), ``metrics.jsonl`` (one JSON line per
+logged step), Orbax checkpoints in ``checkpoints/`` (resumed from the latest one when rerun
+with the same workdir; a resume refuses other training data, ``seed``, ``batch_size`` or
+``data_seed``) and finally ``results.json``. A non-finite loss or parameter stops training
+(:class:`DivergenceError`) before anything after it is saved.
 
 Resumption is exact: the checkpoint holds the whole :class:`~nri_modular.bouncegrad.TrainState`
 (parameters, optimiser states, every task's structure and energy, temperature, step, rng),
@@ -120,6 +124,8 @@ def build(config: Config, mesh, sample_states: np.ndarray) -> Setup:
             initial_temperature=config.initial_temperature,
             proposal_params=proposal_params,
             proposal_optimizer=proposal_optimizer,
+            symmetric_structure=config.symmetric_structure,
+            node_types=config.node_types,
         )
 
     abstract = jax.eval_shape(init_state)
