@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nri_modular import annealing, gnn
+from nri_modular import annealing, gnn, structure_priors
 from nri_modular import metrics as metrics_lib
 from nri_modular import structure as structure_lib
 from nri_modular.modules import ModuleBank, Params
@@ -49,12 +49,18 @@ class BounceGradConfig:
       num_types: number of true relation types (for edge-accuracy metrics only).
       exact_stride: exact moves score every ``exact_stride``-th transition.
       block_rows, edge_compute: see :mod:`nri_modular.gnn`.
+      loss, huber_delta: the training loss per predicted coordinate (also the annealing
+        energy of training): ``"mse"`` (squared error, the paper's) or ``"huber"``
+        (:func:`huber_rollout_loss`: rare large errors, such as close encounters of
+        charged particles, weigh less). Exact moves still score settings by one-step MSE.
       task_shards: ``V`` virtual shards of the training tasks (see
         :func:`nri_modular.data.batching.task_batches`): slice ``v`` of every batch holds
         only tasks of block ``v`` of ``TrainState.structures``, so the step reads and
         writes each task's structure and energy within its block (:func:`gather_tasks`),
         which stays on the device holding that block when the data-axis size divides ``V``;
         the blocked edge layouts are per slice too (``gnn.rollout``'s ``groups``).
+      symmetric_structure, node_types: structure priors (moves of
+        :func:`nri_modular.structure_priors.make_prior_move`; off by default).
     """
 
     p: int = 10
@@ -69,6 +75,44 @@ class BounceGradConfig:
     block_rows: int = 512
     edge_compute: str = "blocked"
     task_shards: int = 1
+    loss: str = "mse"
+    huber_delta: float = 0.01
+    symmetric_structure: bool = False
+    node_types: int = 0
+
+
+LOSS_KINDS = ("mse", "huber")
+
+
+def huber_rollout_loss(
+    bank: ModuleBank,
+    params: Params,
+    states: jax.Array,
+    structure: jax.Array,
+    p: int,
+    delta: float,
+    **rollout_kwargs,
+) -> jax.Array:
+    """Per-task Huber error of ``p``-step rollouts (``gnn.rollout_loss`` with another penalty).
+
+    Each coordinate's error ``e`` costs ``e**2`` if ``|e| <= delta``, else
+    ``2 * delta * |e| - delta**2`` (the same value and slope at ``delta``, linear beyond).
+
+    Args:
+      states: ``[B, T, n, state_dim]``; structure: int32 ``[B, n(n-1)]``.
+      delta: positive, in normalised units.
+      rollout_kwargs: ``block_rows``, ``edge_compute``, ``groups`` of ``gnn.rollout_predictions``.
+
+    Returns:
+      ``[B]`` mean over predicted frames, particles and state dims.
+    """
+    preds, targets, mask = gnn.rollout_predictions(
+        bank, params, states, structure, p, **rollout_kwargs
+    )
+    err = jnp.abs(preds - targets)
+    cost = jnp.where(err <= delta, jnp.square(err), 2 * delta * err - delta**2)
+    per_step = cost.mean(axis=(-1, -2))  # [B, C, p]
+    return (per_step * mask[None]).sum(axis=(1, 2)) / mask.sum()
 
 
 def gather_tasks(table: jax.Array, task_ids: jax.Array, shards: int = 1) -> jax.Array:
@@ -166,11 +210,16 @@ def init_train_state(
     initial_temperature: float = math.exp(-9.8),
     proposal_params: Params = None,
     proposal_optimizer: optax.GradientTransformation | None = None,
+    symmetric_structure: bool = False,
+    node_types: int = 0,
 ) -> TrainState:
-    """Fresh state: random modules, random structures, unknown (``inf``) energies."""
+    """Fresh state: random modules, random structures (under the structure prior, if any),
+    unknown (``inf``) energies."""
     k_params, k_struct, k_rng = jax.random.split(key, 3)
     params = bank.init(k_params)
-    structures = structure_lib.random_structures(k_struct, num_tasks, num_nodes, bank.num_modules)
+    structures = structure_priors.random_prior_structures(
+        k_struct, num_tasks, num_nodes, bank.num_modules, symmetric_structure, node_types
+    )
     proposal_opt_state = None
     if proposal_params is not None:
         if proposal_optimizer is None:
@@ -205,9 +254,19 @@ def make_bouncegrad_step(
 
     The returned function is pure; jit it (optionally with shardings, donation).
     """
-    proposal_fn = structure_lib.make_move(
-        config.proposal, bank.num_modules, num_nodes, config.uniform_mix
-    )
+    if structure_priors.uses_prior(config.symmetric_structure, config.node_types):
+        proposal_fn = structure_priors.make_prior_move(
+            config.proposal,
+            bank.num_modules,
+            num_nodes,
+            config.symmetric_structure,
+            config.node_types,
+            config.uniform_mix,
+        )
+    else:
+        proposal_fn = structure_lib.make_move(
+            config.proposal, bank.num_modules, num_nodes, config.uniform_mix
+        )
     if config.proposal == "blocked_gibbs" and proposal_apply is None:
         raise ValueError(f"proposal {config.proposal!r} needs a proposal network")
     configs = None
@@ -216,17 +275,20 @@ def make_bouncegrad_step(
     if config.sa_steps < 0:
         raise ValueError(f"sa_steps must be >= 0, got {config.sa_steps}")
 
+    if config.loss not in LOSS_KINDS:
+        raise ValueError(f"unknown loss {config.loss!r}; expected one of {LOSS_KINDS}")
+    if not config.huber_delta > 0:
+        raise ValueError(f"huber_delta must be positive, got {config.huber_delta}")
+    layout = dict(
+        block_rows=config.block_rows, edge_compute=config.edge_compute, groups=config.task_shards
+    )
+
     def loss_fn(params, states, structure):
-        return gnn.rollout_loss(
-            bank,
-            params,
-            states,
-            structure,
-            config.p,
-            block_rows=config.block_rows,
-            edge_compute=config.edge_compute,
-            groups=config.task_shards,
-        )
+        if config.loss == "huber":
+            return huber_rollout_loss(
+                bank, params, states, structure, config.p, config.huber_delta, **layout
+            )
+        return gnn.rollout_loss(bank, params, states, structure, config.p, **layout)
 
     def step(state: TrainState, batch: Batch):
         key = jax.random.fold_in(state.rng, state.step)

@@ -45,8 +45,9 @@ STATE_FIELDS = (
 
 # Settings a resumed run may not change although they change no shape: they determine its
 # data (data_seed: the cached dataset would be regenerated), its data order (seed,
-# batch_size) and so whether it resumes exactly.
-RESUME_FIELDS = ("data_seed", "seed", "batch_size")
+# batch_size) and so whether it resumes exactly; the stored structures satisfy the run's
+# structure prior (symmetric_structure, node_types).
+RESUME_FIELDS = ("data_seed", "seed", "batch_size", "symmetric_structure", "node_types")
 RUN_META = "run.json"
 
 MODEL_META = "model.json"

@@ -14,7 +14,7 @@ import dataclasses
 
 import optax
 
-from nri_modular import bouncegrad, distributed, gnn
+from nri_modular import bouncegrad, distributed, gnn, structure_priors
 from nri_modular.modules import ModuleBank
 from nri_modular.structure import EXACT_KINDS, MAX_EXACT_SETTINGS, MOVE_KINDS
 
@@ -45,6 +45,8 @@ class Config:
     learning_rate: float = 1e-3
     final_learning_rate: float = 0.0  # > 0: cosine decay to it over the run (module_optimizer)
     p: int = 10
+    loss: str = "mse"  # or "huber" (bouncegrad.huber_rollout_loss)
+    huber_delta: float = 0.01
     sa_steps: int = 1
     refresh_energy: bool = True
     initial_temperature: float = 5.5e-5  # exp(-9.8), the paper's code
@@ -54,6 +56,9 @@ class Config:
     exact_stride: int = 1
     proposal_hidden: int = 64
     proposal_learning_rate: float = 1e-3
+    # Structure priors (nri_modular/structure_priors.py; both off by default).
+    symmetric_structure: bool = False  # edges j->i and i->j share a module
+    node_types: int = 0  # T latent node types; module = same/different type (0 = off)
     # Meta-test.
     test_proposal: str = "uniform"
     test_uniform_mix: float = 0.5
@@ -123,6 +128,9 @@ class Config:
         _check(self.sa_steps >= 0, f"sa_steps must be >= 0, got {self.sa_steps}")
         _check(self.num_particles >= 2, f"num_particles must be >= 2, got {self.num_particles}")
         _check(self.num_modules >= 2, f"num_modules must be >= 2, got {self.num_modules}")
+        structure_priors.check_prior(
+            self.num_modules, self.num_particles, self.symmetric_structure, self.node_types
+        )
         for name in ("proposal", "test_proposal"):  # exact moves enumerate K^(n-1) settings
             settings = self.num_modules ** (self.num_particles - 1)
             _check(
@@ -146,6 +154,11 @@ class Config:
         for name in ("learning_rate", "proposal_learning_rate"):
             value = getattr(self, name)
             _check(value > 0, f"{name} must be positive, got {value}")
+        _check(
+            self.loss in bouncegrad.LOSS_KINDS,
+            f"unknown loss {self.loss!r}; expected one of {bouncegrad.LOSS_KINDS}",
+        )
+        _check(self.huber_delta > 0, f"huber_delta must be positive, got {self.huber_delta}")
         _check(
             0.0 <= self.final_learning_rate <= self.learning_rate,
             f"final_learning_rate must be in [0, learning_rate={self.learning_rate}] "
@@ -268,8 +281,12 @@ def bouncegrad_config(config: Config) -> bouncegrad.BounceGradConfig:
         proposal=config.proposal,
         uniform_mix=config.uniform_mix,
         exact_stride=config.exact_stride,
+        loss=config.loss,
+        huber_delta=config.huber_delta,
         num_types=2,
         block_rows=config.block_rows,
         edge_compute=config.edge_compute,
         task_shards=config.task_shards,
+        symmetric_structure=config.symmetric_structure,
+        node_types=config.node_types,
     )

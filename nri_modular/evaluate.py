@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from nri_modular import annealing, distributed, gnn, metrics
+from nri_modular import annealing, distributed, gnn, metrics, structure_priors
 from nri_modular import structure as structure_lib
 from nri_modular.config import Config
 from nri_modular.data import batching, datasets
@@ -48,6 +48,10 @@ class SearchConfig:
       proposal, uniform_mix: see :func:`nri_modular.structure.make_move`. Search
         starts from the exact one-step optimum (exact kinds), else from the proposal
         network's argmax when a network is given, else from a random structure.
+      symmetric_structure, node_types: structure priors: moves of
+        :func:`nri_modular.structure_priors.make_prior_move`, start of
+        :func:`nri_modular.structure_priors.prior_initial_structure` (with few node-type
+        structures: the exact optimum of the energy over all of them).
     """
 
     num_steps: int = 200
@@ -61,6 +65,8 @@ class SearchConfig:
     block_rows: int = 512
     edge_compute: str = "blocked"
     groups: int = 1
+    symmetric_structure: bool = False
+    node_types: int = 0
 
 
 def search_config(config: Config) -> SearchConfig:
@@ -77,6 +83,8 @@ def search_config(config: Config) -> SearchConfig:
         block_rows=config.block_rows,
         edge_compute=config.edge_compute,
         groups=config.task_shards,
+        symmetric_structure=config.symmetric_structure,
+        node_types=config.node_types,
     )
 
 
@@ -100,7 +108,8 @@ def _search_batch(bank, params, states, key, config, num_nodes, proposal_params,
 
     k_init, k_anneal = jax.random.split(key)
     logits = None
-    if config.proposal in structure_lib.EXACT_KINDS:
+    configs_used = config.proposal in structure_lib.EXACT_KINDS
+    if configs_used:
         configs = jnp.asarray(structure_lib.incoming_configs(num_nodes, bank.num_modules))
         logits = gnn.incoming_config_losses(
             bank, params, states, configs, config.exact_stride, groups=config.groups
@@ -111,6 +120,22 @@ def _search_batch(bank, params, states, key, config, num_nodes, proposal_params,
         init = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     else:
         init = structure_lib.random_structures(k_init, states.shape[0], num_nodes, bank.num_modules)
+    prior = (config.symmetric_structure, config.node_types)
+    if structure_priors.uses_prior(*prior):
+        proposal_fn = structure_priors.make_prior_move(
+            config.proposal, bank.num_modules, num_nodes, *prior, config.uniform_mix
+        )
+        aux_kind = None if logits is None else "scores" if configs_used else "logits"
+        init = structure_priors.prior_initial_structure(
+            k_init,
+            energy_fn,
+            logits,
+            aux_kind,
+            states.shape[0],
+            num_nodes,
+            bank.num_modules,
+            *prior,
+        )
     state = annealing.AnnealState(init, energy_fn(init), k_anneal, jnp.float32(config.t_start))
     temps = annealing.geometric_temperatures(config.t_start, config.t_end, config.num_steps)
     state, diag = annealing.anneal(state, energy_fn, proposal_fn, temps, logits)

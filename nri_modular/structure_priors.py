@@ -8,10 +8,12 @@ unchanged.
   module. Search moves over the ``n(n-1)/2`` undirected pairs.
 * **Node types** (``node_types=T > 0``): each particle has one of ``T`` latent types and
   an edge's module is a function of its two types. The map is fixed: *same type -> module
-  0, different types -> module 1* (so ``K = 2``; symmetric by construction). For charged
-  particles with ``T = 2`` the types are the charges (like charges repel, opposite attract).
-  It can express only structures whose "module 0" relation is an equivalence relation (a
-  disjoint union of at most ``T`` cliques), e.g. not a spring graph in general.
+  1, different types -> module 0* (so ``K = 2``; symmetric by construction). For charged
+  particles with ``T = 2`` the types are the charges and the map is the data's own label
+  convention (relation ``(1 + q_i q_j) / 2``: like charges, repulsion, 1), so a bank trained
+  on the true relations can be searched with this prior as it is. It can express only
+  structures whose "module 1" relation is an equivalence relation (a disjoint union of at
+  most ``T`` cliques), e.g. not a spring graph in general.
 
 Moves keep the signature of :data:`nri_modular.structure.ProposalFn` (``aux`` as there: the
 proposal network's logits ``[B, E, K]`` or the one-step scores ``[B, n, C]`` of
@@ -29,7 +31,7 @@ structure after the move is::
 
 (:func:`symmetric_move_losses`); every node's term is included, so ``L(c)`` is the exact
 one-step loss of the structure after the move. A node-type move is the same with
-``c_j = [t != t_j]`` for each of the ``T`` types ``t`` of node ``i``.
+``c_j = [t == t_j]`` for each of the ``T`` types ``t`` of node ``i``.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ MAX_ENUMERATED = 4096
 # Meta-test search with node types starts from the exact energy (rollout loss) optimum over
 # every type structure when there are at most this many (n=5, T=2: 16; one energy pass each).
 MAX_EXHAUSTIVE = 256
-# Node types need this many modules: same type -> module 0, different types -> module 1.
+# Node types need this many modules: same type -> module 1, different types -> module 0.
 TYPE_MODULES = 2
 
 
@@ -354,15 +356,15 @@ def check_node_types(node_types: int, num_modules: int) -> None:
         raise ValueError(f"node_types must be >= 2 (0 = off), got {node_types}")
     if num_modules != TYPE_MODULES:
         raise ValueError(
-            f"node types map same type -> module 0 and different types -> module 1, so they "
+            f"node types map same type -> module 1 and different types -> module 0, so they "
             f"need num_modules={TYPE_MODULES}, got {num_modules}"
         )
 
 
 def types_to_structure(types: jax.Array, num_nodes: int) -> jax.Array:
-    """int ``[B, n]`` node types -> int32 ``[B, E]``: module 1 iff the two types differ."""
+    """int ``[B, n]`` node types -> int32 ``[B, E]``: module 1 iff the two types are equal."""
     t = _tables(num_nodes)  # numpy in, numpy out
-    return (types[:, t["receivers"]] != types[:, t["senders"]]).astype(np.int32)
+    return (types[:, t["receivers"]] == types[:, t["senders"]]).astype(np.int32)
 
 
 def types_from_structure(structure: jax.Array, num_nodes: int) -> jax.Array:
@@ -370,7 +372,7 @@ def types_from_structure(structure: jax.Array, num_nodes: int) -> jax.Array:
 
     Types are labelled by first appearance (node 0 has type 0, the first node of another
     class type 1, ...), so ``types_to_structure(types_from_structure(s)) == s`` for every
-    such ``s``. Other structures (module 0 not an equivalence relation) give a wrong answer.
+    such ``s``. Other structures (module 1 not an equivalence relation) give a wrong answer.
 
     Args:
       structure: int32 ``[B, E]``.
@@ -382,7 +384,7 @@ def types_from_structure(structure: jax.Array, num_nodes: int) -> jax.Array:
     b = structure.shape[0]
     t = _tables(n)
     same = jnp.eye(n, dtype=bool)[None].repeat(b, axis=0)
-    same = same.at[:, jnp.asarray(t["receivers"]), jnp.asarray(t["senders"])].set(structure == 0)
+    same = same.at[:, jnp.asarray(t["receivers"]), jnp.asarray(t["senders"])].set(structure == 1)
     rep = jnp.argmax(same, axis=-1)  # [B, n]: least node of each node's class
     is_rep = rep == jnp.arange(n)[None, :]
     label = jnp.cumsum(is_rep, axis=-1) - 1  # label of each representative
@@ -446,7 +448,7 @@ def _type_settings(structure, node, num_nodes, node_types):
     others = jnp.asarray(_tables(num_nodes)["other"])[node]  # [B, n-1]
     other_types = jnp.take_along_axis(types, others, axis=1)  # [B, n-1]
     cand = jnp.arange(node_types)[None, :, None]
-    return (cand != other_types[:, None, :]).astype(jnp.int32)
+    return (cand == other_types[:, None, :]).astype(jnp.int32)
 
 
 def type_move_losses(scores, structure, node, num_nodes: int, node_types: int):

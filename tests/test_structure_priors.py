@@ -1,5 +1,6 @@
 """Structure priors (symmetric structures, node types) against brute force on tiny cases."""
 
+import dataclasses
 import itertools
 
 import jax
@@ -191,8 +192,8 @@ def test_blocked_gibbs_symmetric_samples_the_product_of_both_edges():
 
 
 def _types_structure(types):
-    """Brute force: module 1 on edge j->i iff types i and j differ; ``[E]``."""
-    return graph.matrix_to_edges(np.array([[int(a != b) for b in types] for a in types]))
+    """Brute force: module 1 on edge j->i iff types i and j are equal; ``[E]``."""
+    return graph.matrix_to_edges(np.array([[int(a == b) for b in types] for a in types]))
 
 
 def _partitions(num_nodes, node_types):
@@ -215,9 +216,9 @@ def test_type_candidates_and_round_trip(node_types, count):
     np.testing.assert_array_equal(np.stack([_types_structure(t) for t in np.asarray(back)]), s)
     assert np.asarray(jax.jit(sp.is_type_structure, static_argnums=(1, 2))(s, n, node_types)).all()
     assert np.asarray(sp.is_symmetric(jnp.asarray(s), n)).all()
-    # A structure no types make (a path 0-1-2 of module-0 edges, 0 and 2 apart) is rejected.
-    m = np.ones((n, n), np.int32)
-    m[0, 1] = m[1, 0] = m[1, 2] = m[2, 1] = 0
+    # A structure no types make (a path 0-1-2 of module-1 edges, 0 and 2 apart) is rejected.
+    m = np.zeros((n, n), np.int32)
+    m[0, 1] = m[1, 0] = m[1, 2] = m[2, 1] = 1
     path = jnp.asarray(graph.matrix_to_edges(m))[None]
     assert not bool(sp.is_type_structure(path, n, node_types)[0])
 
@@ -283,11 +284,11 @@ def test_exhaustive_search_finds_the_least_energy_candidate():
 
     def energy(s):
         e = (s != planted).mean(-1).astype(jnp.float32)
-        return jnp.where((s == 0).all(-1), jnp.nan, e)  # a non-finite candidate never wins
+        nan = (s == jnp.asarray(cands[0])[None]).all(-1)
+        return jnp.where(nan, jnp.nan, e)  # a non-finite candidate never wins
 
     best, energies = sp.exhaustive_search(energy, cands, b)
-    expect = np.asarray(planted).copy()
-    expect[1] = cands[1]  # planted 0 (all same type) has nan energy: the next best wins
+    expect = np.asarray(planted)  # task 1's planted candidate has nan energy: next best wins
     hamming = (np.asarray(cands)[None] != np.asarray(planted)[:, None]).mean(-1)
     assert np.asarray(best)[1].tolist() != cands[0].tolist()
     np.testing.assert_allclose(np.asarray(energies)[[0, 2, 3, 4, 5]], 0.0)
@@ -310,3 +311,81 @@ def test_random_prior_structures_and_bad_settings():
         sp.make_prior_move("uniform", 2, 5, symmetric=False, node_types=0)
     with pytest.raises(ValueError, match="too many to enumerate"):
         sp.type_candidates(17, 2)
+
+
+# ---------------------------------------------------------------------------------------
+# Wired into the BounceGrad step, the meta-test search and the Config.
+
+
+def _teacher(structures):
+    """Trajectories ``[B, 8, 4, 4]`` of a random teacher bank on the given structures."""
+    bank = ModuleBank(2, (16,), (16,))
+    teacher = jax.jit(bank.init)(jax.random.PRNGKey(42))
+    out = teacher["node"]["params"]["Dense_1"]
+    teacher["node"]["params"]["Dense_1"] = {**out, "kernel": out["kernel"] * 0.2}
+    initial = jax.random.normal(jax.random.PRNGKey(2), (structures.shape[0], 4, 4))
+    traj = jax.jit(lambda p, x, s: gnn.rollout(bank, p, x, s, 7))(teacher, initial, structures)
+    return bank, teacher, np.asarray(jnp.concatenate([initial[:, None], traj], axis=1))
+
+
+def test_meta_test_search_under_each_prior():
+    """Node types: the search starts from the exact energy optimum over all type structures,
+    so one uniform step finds the planted types; symmetric: every searched structure is
+    symmetric (from a random symmetric start, with uniform pair moves)."""
+    from nri_modular import evaluate
+
+    n, b = 4, 8
+    planted = jnp.asarray(sp.random_type_structures(jax.random.PRNGKey(1), b, n, 2))
+    bank, teacher, states = _teacher(planted)
+    base = evaluate.SearchConfig(num_steps=1, p=4, batch_size=b, proposal="uniform")
+    cfg = dataclasses.replace(base, node_types=2)
+    found, energies = evaluate.search_structures(bank, teacher, states, jax.random.PRNGKey(3), cfg)
+    np.testing.assert_array_equal(found, np.asarray(planted))
+    cfg = dataclasses.replace(base, num_steps=5, symmetric_structure=True)
+    found, _ = evaluate.search_structures(bank, teacher, states, jax.random.PRNGKey(3), cfg)
+    assert np.asarray(sp.is_symmetric(jnp.asarray(found), n)).all()
+
+
+@pytest.mark.parametrize("symmetric,node_types", [(True, 0), (False, 2)])
+def test_bouncegrad_steps_keep_the_prior(symmetric, node_types):
+    import optax
+
+    from nri_modular import bouncegrad
+
+    n, b = 4, 8
+    labels = jnp.asarray(sp.random_type_structures(jax.random.PRNGKey(1), b, n, 2))
+    bank, _, states = _teacher(labels)
+    opt = optax.adam(1e-3)
+    state = bouncegrad.init_train_state(
+        jax.random.PRNGKey(0), bank, opt, b, n, symmetric_structure=symmetric, node_types=node_types
+    )
+    check = sp.is_symmetric if symmetric else (lambda s, n: sp.is_type_structure(s, n, 2))
+    assert np.asarray(check(state.structures, n)).all()
+    batch = bouncegrad.Batch(jnp.arange(b), jnp.asarray(states), labels)
+    for kind in ("uniform", "exact_local", "exact_sweep"):
+        cfg = bouncegrad.BounceGradConfig(
+            p=4,
+            sa_steps=3,
+            proposal=kind,
+            uniform_mix=0.3,
+            symmetric_structure=symmetric,
+            node_types=node_types,
+        )
+        step = jax.jit(bouncegrad.make_bouncegrad_step(bank, opt, cfg, n))
+        for _ in range(2):
+            state, _ = step(state, batch)
+        assert np.asarray(check(state.structures, n)).all(), kind
+
+
+def test_config_rejects_impossible_priors():
+    from nri_modular.config import Config
+
+    assert not Config().symmetric_structure and Config().node_types == 0  # off by default
+    Config(symmetric_structure=True, num_modules=3)
+    Config(node_types=3)
+    with pytest.raises(ValueError, match="need num_modules=2"):
+        Config(node_types=2, num_modules=3)
+    with pytest.raises(ValueError, match="node_types must be >= 2"):
+        Config(node_types=1)
+    with pytest.raises(ValueError, match="node_types must be >= 0"):
+        Config(node_types=-2)
