@@ -368,7 +368,9 @@ def main(argv):
     }
     title = (
         f"{config.system}: {config.num_train} training tasks, widths {config.edge_hidden}, "
-        f"batch {config.batch_size}, lr {config.learning_rate:g}; {config.num_valid} valid tasks"
+        f"batch {config.batch_size}, lr {config.learning_rate:g}"
+        + (f" -> {config.final_learning_rate:g}" if config.final_learning_rate else "")
+        + f", p {config.p}; {config.num_valid} valid tasks"
     )
     try:
         plots.upper_bound_curves(rows, os.path.join(workdir, "curve.png"), title)

@@ -91,19 +91,22 @@ def upper_bound_curves(rows: list[dict], path: str, title: str = "") -> None:
     panels = (
         (
             "valid edge accuracy",
-            (("valid_edge_accuracy", "o-"), ("valid_exact_init_accuracy", "x--")),
+            (
+                ("valid_edge_accuracy", "o-", "after search"),
+                ("valid_exact_init_accuracy", "x--", "exact one-step start"),
+            ),
         ),
-        ("valid 1-step MSE, true graph", (("valid_mse1_true_graph", "o-"),)),
-        ("training loss (p-step rollout)", (("loss", "o-"),)),
+        ("valid 1-step MSE, true graph", (("valid_mse1_true_graph", "o-", ""),)),
+        ("training loss (p-step rollout)", (("loss", "o-", ""),)),
     )
     fig, axes = plt.subplots(1, len(panels), figsize=(15, 4.2))
     arms = sorted({r["arm"] for r in rows})
     for ax, (name, series) in zip(axes, panels, strict=True):
         for color, arm in enumerate(arms):
-            for key, style in series:
+            for key, style, what in series:
                 pts = [r for r in rows if r["arm"] == arm and np.isfinite(r.get(key, np.nan))]
                 if pts:
-                    label = arm if len(series) == 1 else f"{arm}, {key.split('_')[1]}"
+                    label = f"{arm}, {what}" if what else arm
                     times = [r["train_seconds"] / 60 for r in pts]
                     ax.plot(times, [r[key] for r in pts], style, color=f"C{color}", label=label)
         ax.set_title(name)

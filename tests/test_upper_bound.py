@@ -145,3 +145,57 @@ def test_module_optimizer_is_constant_adam_by_default_and_cosine_decays_to_the_f
     for bad in (-1e-4, 3e-3):
         with pytest.raises(ValueError, match="final_learning_rate must be in"):
             dataclasses.replace(base, final_learning_rate=bad)
+
+
+def test_huber_loss_is_the_mse_below_delta_and_linear_above():
+    from nri_modular import bouncegrad
+
+    bank, params, states = _bank_params_states(frames=7)
+    structures = jnp.asarray([[0, 1, 1, 0, 1, 0], [1, 1, 1, 1, 1, 1]], jnp.int32)
+    mse = gnn.rollout_loss(bank, params, jnp.asarray(states), structures, 3)
+    wide = bouncegrad.huber_rollout_loss(bank, params, jnp.asarray(states), structures, 3, 1e6)
+    np.testing.assert_allclose(wide, mse, rtol=1e-6)
+    preds, targets, mask = gnn.rollout_predictions(bank, params, jnp.asarray(states), structures, 3)
+    err = np.abs(np.asarray(preds - targets))
+    delta = float(np.median(err))  # half the coordinates on each side
+    cost = np.where(err <= delta, err**2, 2 * delta * err - delta**2).mean(axis=(-1, -2))
+    expected = (cost * np.asarray(mask)[None]).sum(axis=(1, 2)) / np.asarray(mask).sum()
+    got = bouncegrad.huber_rollout_loss(bank, params, jnp.asarray(states), structures, 3, delta)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    assert np.all(np.asarray(got) < np.asarray(mse))
+
+
+def test_loss_flag_reaches_the_step_and_bad_values_are_errors():
+    import optax
+
+    import nri_modular as nm
+    from nri_modular import bouncegrad
+    from nri_modular import config as config_lib
+
+    base = flagfile_config()
+    assert config_lib.bouncegrad_config(base).loss == "mse"  # default: today's loss
+    huber = config_lib.bouncegrad_config(dataclasses.replace(base, loss="huber", huber_delta=0.1))
+    assert (huber.loss, huber.huber_delta) == ("huber", 0.1)
+    with pytest.raises(ValueError, match="unknown loss 'l1'"):
+        dataclasses.replace(base, loss="l1")
+    with pytest.raises(ValueError, match="huber_delta must be positive"):
+        dataclasses.replace(base, huber_delta=0.0)
+    # The step's loss is the Huber loss of the batch (sa_steps=0: structures stay fixed).
+    bank, params, states = _bank_params_states(frames=7)
+    structures = jnp.asarray([[0, 1, 1, 0, 1, 0], [1, 1, 1, 1, 1, 1]], jnp.int32)
+    opt = optax.sgd(0.0)
+    for loss, expected in (
+        ("mse", gnn.rollout_loss(bank, params, jnp.asarray(states), structures, 3)),
+        (
+            "huber",
+            bouncegrad.huber_rollout_loss(bank, params, jnp.asarray(states), structures, 3, 1e-3),
+        ),
+    ):
+        cfg = nm.BounceGradConfig(p=3, sa_steps=0, loss=loss, huber_delta=1e-3)
+        state = nm.init_train_state(jax.random.PRNGKey(0), bank, opt, 2, 3)
+        state = state.replace(params=params, structures=structures)
+        batch = nm.Batch(jnp.arange(2), jnp.asarray(states), structures)
+        _, metrics = nm.make_bouncegrad_step(bank, opt, cfg, 3)(state, batch)
+        np.testing.assert_allclose(metrics["loss"], np.mean(expected), rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown loss"):
+        nm.make_bouncegrad_step(bank, opt, nm.BounceGradConfig(loss="l2"), 3)
