@@ -1,7 +1,9 @@
 """What caps edge accuracy at a budget: modules trained on the TRUE relations, then searched.
 
   python experiments/upper_bound.py --flagfile=experiments/flags/charged_demo.flags \
-      --workdir=/tmp/ub --num_valid=500 --max_seconds=300
+      --data_dir=runs/charged_ub_data --num_valid=500 --max_seconds=300 --workdir=runs/ub
+
+(its own ``--data_dir``: another ``num_valid`` than the demo's would be another dataset).
 
 Two arms at the same budget (training tasks, widths, steps, wall time), both scored on the
 **valid** split exactly as meta-test scores the test split (exact local moves + annealing on
@@ -22,6 +24,7 @@ training wall time. Every flag of :class:`nri_modular.Config` applies (see --hel
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -79,7 +82,7 @@ def label_structures(labels: np.ndarray, mapping: np.ndarray) -> np.ndarray:
 
     Args:
       labels: int32 ``[N, E]`` relation types.
-      mapping: int32 ``[K]`` module -> relation type (one-to-one on the types).
+      mapping: int32 ``[K]`` module -> relation type (the first module of a type computes it).
 
     Returns:
       int32 ``[N, E]``: for each edge, the module ``k`` with ``mapping[k] == labels``.
@@ -96,20 +99,42 @@ def label_structures(labels: np.ndarray, mapping: np.ndarray) -> np.ndarray:
     return out.astype(np.int32)
 
 
+@functools.cache
+def _one_step_errors(bank):
+    """Jitted ``(params, states [B, T, n, 4], structures [B, E]) -> [B]`` one-step MSEs."""
+    from nri_modular import gnn
+
+    def per_task(params, states, structures):
+        preds, targets, _ = gnn.rollout_predictions(bank, params, states, structures, 1)
+        return jnp.square(preds - targets).mean(axis=(1, 2, 3, 4))
+
+    return jax.jit(per_task)
+
+
+@functools.cache
+def _exact_best(bank, n: int):
+    """Jitted ``(params, states [B, T, n, 4]) -> [B, E]`` exact one-step optimum."""
+    from nri_modular import gnn
+    from nri_modular import structure as structure_lib
+
+    configs = jnp.asarray(structure_lib.incoming_configs(n, bank.num_modules))
+
+    def best(params, states):
+        scores = gnn.incoming_config_losses(bank, params, states, configs)
+        return structure_lib.exact_best_structure(scores, n, bank.num_modules)
+
+    return jax.jit(best)
+
+
 def one_step_mse(bank, params, states: np.ndarray, structures: np.ndarray, batch_size: int):
     """Teacher-forced one-step MSE (normalised units), mean over tasks, frames, nodes, dims.
 
     Args:
       states: ``[N, T, n, 4]``; structures: int32 ``[N, E]``.
     """
-    from nri_modular import gnn
     from nri_modular.data import batching
 
-    def per_task(p, s, st):
-        preds, targets, _ = gnn.rollout_predictions(bank, p, s, st, 1)
-        return jnp.square(preds - targets).mean(axis=(1, 2, 3, 4))
-
-    fn = jax.jit(per_task)
+    fn = _one_step_errors(bank)
     total = 0.0
     indices, mask = batching.eval_batches(states.shape[0], batch_size)
     for idx, valid in zip(indices, mask, strict=True):
@@ -127,18 +152,9 @@ def exact_init_structures(bank, params, states: np.ndarray, batch_size: int) -> 
     Returns:
       int32 ``[N, n(n-1)]``.
     """
-    from nri_modular import gnn
-    from nri_modular import structure as structure_lib
     from nri_modular.data import batching
 
-    n, k = states.shape[2], bank.num_modules
-    configs = jnp.asarray(structure_lib.incoming_configs(n, k))
-
-    @jax.jit
-    def best(p, s):
-        scores = gnn.incoming_config_losses(bank, p, s, configs)
-        return structure_lib.exact_best_structure(scores, n, k)
-
+    best = _exact_best(bank, states.shape[2])
     indices, mask = batching.eval_batches(states.shape[0], batch_size)
     out = [
         np.asarray(best(params, jnp.asarray(states[i])))[m]

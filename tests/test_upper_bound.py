@@ -56,11 +56,10 @@ def _bank_params_states(n=3, frames=5, tasks=2):
 def test_one_step_mse_is_the_mean_teacher_forced_error():
     bank, params, states = _bank_params_states(tasks=3)
     structures = np.array([[0, 1, 1, 0, 1, 0], [1, 1, 1, 1, 1, 1], [0] * 6], np.int32)
-    errors = []
-    for t in range(states.shape[1] - 1):
-        pred = gnn.rollout(bank, params, jnp.asarray(states[:, t]), structures, 1)[:, 0]
-        errors.append(np.square(np.asarray(pred) - states[:, t + 1]).mean(axis=(1, 2)))
-    expected = float(np.mean(errors))
+    steps = states.shape[1] - 1  # every transition of every task as one graph
+    initial = jnp.asarray(states[:, :-1].reshape(-1, *states.shape[2:]))
+    pred = gnn.rollout(bank, params, initial, np.repeat(structures, steps, axis=0), 1)[:, 0]
+    expected = float(np.square(np.asarray(pred) - states[:, 1:].reshape(pred.shape)).mean())
     # Batches of 2 pad the last one: the padding must not count.
     got = ub.one_step_mse(bank, params, states, structures, batch_size=2)
     np.testing.assert_allclose(got, expected, rtol=1e-5)
@@ -76,22 +75,22 @@ def test_exact_init_is_the_argmin_of_the_one_step_loss_over_all_structures():
         assert losses[every.tolist().index(best.tolist())] <= losses.min() * (1 + 1e-5)
 
 
-def _curve_rows(tmp_path, arm, **overrides):
+def _curve_rows(data_dir, tmp_path, arm, **overrides):
     from nri_modular.data import loading
 
-    config = flagfile_config(data_dir=str(tmp_path / "data"), num_valid=6, **overrides)
+    config = flagfile_config(data_dir=data_dir, **overrides)  # 4 valid tasks
     data = loading.load_data(config)
     rows = []
     budget = ub.Budget(total_steps=3, eval_every_seconds=1e-6)
-    final = ub.run_arm(arm, config, data, budget, 4, rows.append, str(tmp_path))
+    final = ub.run_arm(arm, config, data, budget, 3, rows.append, str(tmp_path))
     return config, data, rows, final
 
 
-def test_upper_bound_arm_trains_on_the_labels_and_writes_curve_points(tmp_path):
-    config, data, rows, final = _curve_rows(tmp_path, "upper_bound", test_sa_steps=2)
+def test_upper_bound_arm_trains_on_the_labels_and_writes_curve_points(tiny_data_dir, tmp_path):
+    _, _, rows, final = _curve_rows(tiny_data_dir, tmp_path, "upper_bound", test_sa_steps=2)
     assert [r["step"] for r in rows] == [1, 2, 3] and [r["final"] for r in rows][-1]
-    # Intermediate points score 4 valid tasks, the final one all 6 (with search).
-    assert [r["num_valid_scored"] for r in rows] == [4, 4, 6]
+    # Intermediate points score 3 valid tasks, the final one all 4 (with search).
+    assert [r["num_valid_scored"] for r in rows] == [3, 3, 4]
     for r in rows:
         assert r["train_edge_accuracy"] == 1.0  # the structures stayed the labels
         assert np.isfinite(r["valid_exact_init_accuracy"]) and r["valid_mse1_true_graph"] > 0
@@ -102,13 +101,14 @@ def test_upper_bound_arm_trains_on_the_labels_and_writes_curve_points(tmp_path):
     assert png.stat().st_size > 0
 
 
-def test_bouncegrad_arm_searches_structures(tmp_path):
-    _, data, rows, final = _curve_rows(tmp_path, "bouncegrad", test_sa_steps=2, sa_steps=4)
+def test_bouncegrad_arm_searches_structures(tiny_data_dir, tmp_path):
+    _, _, rows, final = _curve_rows(
+        tiny_data_dir, tmp_path, "bouncegrad", test_sa_steps=2, sa_steps=4
+    )
     # Random initial structures (not the labels), then searched: near chance at first.
     assert rows[0]["train_edge_accuracy"] < 0.9
     assert [r["arm"] for r in rows] == ["bouncegrad"] * 3 and final["step"] == 3
     assert final["train_edge_accuracy"] == rows[-1]["train_edge_accuracy"]
-    del data
 
 
 def test_unknown_arm_and_missing_curve_keys_are_errors(tmp_path):
