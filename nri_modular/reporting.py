@@ -51,7 +51,8 @@ def format_hidden_node_results(results: dict) -> str:
     """
     r = results
     lines = [
-        f"hidden particle ({r['hidden']}) in {r['num_systems']} springs test systems, "
+        f"hidden particle ({r['hidden']}) in {r['num_systems']} springs "
+        f"{r.get('split', 'test')} systems, "
         f"{r['obs_frames']} observed frames, {r['wall_seconds']:.0f} s wall "
         f"(inference {r['infer_seconds']:.0f} s, training {r['train_seconds']:.0f} s)",
         "| metric | ours | paper |",
