@@ -21,7 +21,7 @@ setup(
         "orbax-checkpoint",
     ],
     extras_require={
-        "test": ["pytest", "chex", "ruff"],
+        "test": ["pytest", "chex", "ruff", "matplotlib"],  # tests draw the figures
         "plots": ["matplotlib"],
         "tensorboard": ["tensorboardX"],
     },
