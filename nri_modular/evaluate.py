@@ -193,6 +193,12 @@ def search_structures(
 def _rollout_sq_error(
     bank, params, states, structure, start, horizon, block_rows, edge_compute, groups, scale
 ):
+    """Per-task, per-step squared errors of one open-loop rollout from frame ``start``.
+
+    Returns ``(err, scaled)``, each ``[B, horizon]``: ``err`` in normalised units,
+    ``scaled`` with (x, y, vx, vy) errors times ``scale [4]`` before squaring (None
+    without a scale), both from the same predictions.
+    """
     preds = gnn.rollout(
         bank,
         params,
@@ -204,9 +210,55 @@ def _rollout_sq_error(
         groups=groups,
     )
     truth = jax.lax.dynamic_slice_in_dim(states, start + 1, horizon, axis=1)
-    if scale is not None:  # [4] per-dimension factors (None: normalised units)
-        preds, truth = preds * scale[None, None, None], truth * scale[None, None, None]
-    return metrics.squared_error_per_step(preds, truth)  # [B, horizon]
+    err = metrics.squared_error_per_step(preds, truth)
+    if scale is None:
+        return err, None
+    factors = scale[None, None, None]
+    return err, metrics.squared_error_per_step(preds * factors, truth * factors)
+
+
+def _prediction_sq_errors(
+    bank,
+    params,
+    states,
+    structures,
+    start_frame,
+    horizon,
+    batch_size,
+    block_rows,
+    edge_compute,
+    put,
+    fetch,
+    groups,
+    dim_scale,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(mse [horizon], scaled mse [horizon] or None)`` from one rollout per batch."""
+    n_tasks, t = states.shape[:2]
+    if start_frame + horizon >= t:
+        raise ValueError(
+            f"need more than start_frame + horizon = {start_frame + horizon} frames, got {t}"
+        )
+    if structures.shape[0] != n_tasks:
+        raise ValueError(f"{structures.shape[0]} structures for {n_tasks} tasks")
+    scale = None if dim_scale is None else jnp.asarray(dim_scale, states.dtype)
+    total, total_scaled = np.zeros(horizon), np.zeros(horizon)
+    for idx, valid in batching.padded_batches(n_tasks, batch_size):
+        err, scaled = _rollout_sq_error(
+            bank,
+            params,
+            put(states[idx]),
+            put(structures[idx]),
+            start_frame,
+            horizon,
+            block_rows,
+            edge_compute,
+            groups,
+            scale,
+        )
+        total += fetch(err)[:valid].sum(0)
+        if scaled is not None:
+            total_scaled += fetch(scaled)[:valid].sum(0)
+    return total / n_tasks, None if scale is None else total_scaled / n_tasks
 
 
 def prediction_mse(
@@ -231,35 +283,38 @@ def prediction_mse(
       structures: int32 ``[N, E]``.
       groups: edge layouts per ``groups`` slices of a batch (see ``gnn.rollout``).
       dim_scale: ``[4]`` factors applied to the errors of (x, y, vx, vy) before squaring
-        (``Normalization.scale()`` gives physical units); default: normalised units.
+        (:func:`physical_scale` gives physical units); default: normalised units.
       put, fetch: as in :func:`search_structures`.
 
     Returns:
       ``[horizon]``: entry ``k - 1`` is the MSE of the ``k``-step prediction.
     """
-    n_tasks, t = states.shape[:2]
-    if start_frame + horizon >= t:
-        raise ValueError(
-            f"need more than start_frame + horizon = {start_frame + horizon} frames, got {t}"
-        )
-    if structures.shape[0] != n_tasks:
-        raise ValueError(f"{structures.shape[0]} structures for {n_tasks} tasks")
-    total = np.zeros(horizon)
-    for idx, valid in batching.padded_batches(n_tasks, batch_size):
-        err = _rollout_sq_error(
-            bank,
-            params,
-            put(states[idx]),
-            put(structures[idx]),
-            start_frame,
-            horizon,
-            block_rows,
-            edge_compute,
-            groups,
-            None if dim_scale is None else jnp.asarray(dim_scale, states.dtype),
-        )
-        total += fetch(err)[:valid].sum(0)
-    return total / n_tasks
+    mse, scaled = _prediction_sq_errors(
+        bank,
+        params,
+        states,
+        structures,
+        start_frame,
+        horizon,
+        batch_size,
+        block_rows,
+        edge_compute,
+        put,
+        fetch,
+        groups,
+        dim_scale,
+    )
+    return mse if scaled is None else scaled
+
+
+def _mse_entries(mse: np.ndarray, suffix: str) -> dict:
+    """Results entries of a per-step MSE ``[horizon]``: at 1/10/20 steps and per step."""
+    return {
+        f"mse_1{suffix}": float(mse[0]),
+        f"mse_10{suffix}": float(mse[9]) if len(mse) >= 10 else None,
+        f"mse_20{suffix}": float(mse[19]) if len(mse) >= 20 else None,
+        f"mse_per_step{suffix}": [float(v) for v in mse],
+    }
 
 
 def meta_test(
@@ -272,6 +327,7 @@ def meta_test(
     mesh=None,
     mapping=None,
     keep_structures: bool = False,
+    dim_scale: np.ndarray | None = None,
 ) -> dict:
     """Structure search on the test tasks' observed frames, then prediction and accuracy.
 
@@ -289,10 +345,13 @@ def meta_test(
         ``train_labels`` (e.g. the one a run saved); ``train_labels`` may then be None.
       keep_structures: also return the searched structures (``"structures"``, int32
         ``[M, E]``, not JSON).
+      dim_scale: ``[4]`` factors of (x, y, vx, vy) errors (:func:`physical_scale`): the
+        same rollouts also give the MSE in those units (``*_physical`` entries).
 
     Returns:
       The results: edge accuracy (test, and of the training structures), MSE at 1/10/20
-      steps and per step, the module -> relation map, the search time.
+      steps and per step (and in physical units with ``dim_scale``), the module ->
+      relation map, the search time.
     """
     start = time.time()
     put, fetch = jnp.asarray, np.asarray
@@ -326,7 +385,7 @@ def meta_test(
         fetch=fetch,
     )
     search_seconds = time.time() - start
-    mse = prediction_mse(
+    mse, physical = _prediction_sq_errors(
         bank,
         state.params,
         test.states,
@@ -339,6 +398,7 @@ def meta_test(
         put=put,
         fetch=fetch,
         groups=config.task_shards,
+        dim_scale=dim_scale,
     )
     results = {
         "system": config.system,
@@ -346,14 +406,13 @@ def meta_test(
         "train_edge_accuracy": None
         if train_labels is None
         else metrics.edge_accuracy(train_structures, train_labels, mapping),
-        "mse_1": float(mse[0]),
-        "mse_10": float(mse[9]) if len(mse) >= 10 else None,
-        "mse_20": float(mse[19]) if len(mse) >= 20 else None,
-        "mse_per_step": [float(v) for v in mse],
+        **_mse_entries(mse, ""),
         "module_to_relation": [int(v) for v in mapping],
         "num_test_tasks": int(test.states.shape[0]),
         "test_search_seconds": search_seconds,
     }
+    if physical is not None:
+        results.update(_mse_entries(physical, "_physical"))
     if keep_structures:
         results["structures"] = structures
     return results
@@ -522,30 +581,11 @@ def evaluate_run(
         mesh=mesh,
         mapping=entry["map"],
         keep_structures=True,
+        dim_scale=physical_scale(normalization),
     )
     structures = results.pop("structures")
-    scale = physical_scale(normalization)
-    physical = prediction_mse(
-        setup.bank,
-        state.params,
-        data.states,
-        structures,
-        start_frame=eval_config.obs_frames,
-        horizon=eval_config.horizon,
-        batch_size=eval_config.test_batch_size,
-        block_rows=config.block_rows,
-        edge_compute=config.edge_compute,
-        put=lambda x: distributed.put_batch(mesh, x),
-        fetch=distributed.to_host,
-        groups=config.task_shards,
-        dim_scale=scale,
-    )
     results.update(
         train_edge_accuracy=entry["train_edge_accuracy"],
-        mse_per_step_physical=[float(v) for v in physical],
-        mse_1_physical=float(physical[0]),
-        mse_10_physical=float(physical[9]) if len(physical) >= 10 else None,
-        mse_20_physical=float(physical[19]) if len(physical) >= 20 else None,
         workdir=os.path.abspath(workdir),
         step=int(step),
         data_dir=os.path.abspath(data_dir),

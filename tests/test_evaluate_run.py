@@ -111,3 +111,55 @@ def test_cli_valid_split_with_overrides(trained_workdir, tiny_data_dir, tmp_path
         results = json.load(f)
     assert results["split"] == "valid" and results["num_test_tasks"] == 2
     assert len(results["mse_per_step"]) == 10 and results["mse_10"] is not None
+
+
+def test_one_rollout_gives_normalised_and_physical_mse(
+    trained_workdir, tiny_data_dir, tmp_path, monkeypatch
+):
+    """evaluate_run rolls each batch out once; its two MSEs equal the two-rollout
+    computation (prediction_mse in normalised, then in physical units)."""
+    from nri_modular import checkpoints
+    from nri_modular.data import batching
+
+    seen, rollouts = {}, []
+    real_meta_test, real_rollout = evaluate.meta_test, evaluate._rollout_sq_error
+
+    def meta_test(config, bank, state, train_labels, test, *args, **kwargs):
+        results = real_meta_test(config, bank, state, train_labels, test, *args, **kwargs)
+        seen.update(config=config, bank=bank, params=state.params, test=test)
+        seen["structures"] = np.array(results["structures"])
+        return results
+
+    def rollout(*args):
+        rollouts.append(args[2].shape)
+        return real_rollout(*args)
+
+    monkeypatch.setattr(evaluate, "meta_test", meta_test)
+    monkeypatch.setattr(evaluate, "_rollout_sq_error", rollout)
+    results = evaluate.evaluate_run(
+        trained_workdir, tiny_data_dir, out=str(tmp_path / "r.json"), num_plots=0
+    )
+    config, states = seen["config"], seen["test"].states
+    assert len(rollouts) == len(
+        list(batching.padded_batches(states.shape[0], config.test_batch_size))
+    )
+    kw = dict(
+        start_frame=config.obs_frames,
+        horizon=config.horizon,
+        batch_size=config.test_batch_size,
+        block_rows=config.block_rows,
+        edge_compute=config.edge_compute,
+        groups=config.task_shards,
+    )
+    args = (seen["bank"], seen["params"], states, seen["structures"])
+    normalised = evaluate.prediction_mse(*args, **kw)
+    scale = evaluate.physical_scale(
+        datasets.Normalization.from_dict(
+            checkpoints.read_run_meta(trained_workdir)["normalization"]
+        )
+    )
+    physical = evaluate.prediction_mse(*args, dim_scale=scale, **kw)
+    assert results["mse_per_step"] == [float(v) for v in normalised]
+    np.testing.assert_allclose(results["mse_per_step_physical"], physical, rtol=1e-6)
+    assert results["mse_1_physical"] == results["mse_per_step_physical"][0]
+    assert not np.allclose(physical, normalised)  # the scale is not 1
