@@ -19,6 +19,7 @@ import time
 
 from absl import app, flags, logging
 
+from nri_modular import cli
 from nri_modular import config as config_lib
 
 config_lib.define_flags(flags)
@@ -32,14 +33,11 @@ METHODS = ("modular", "nri_vae")
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from nri_modular import checkpoints, cli, plots
-    from nri_modular.baselines import BaselineSettings, tables
+    cli.start(argv)
+    from nri_modular import checkpoints, plots
+    from nri_modular.baselines import tables
     from nri_modular.data.loading import load_data
 
-    logging.set_verbosity(logging.INFO)
-    cli.quiet_library_logs()
     base_config = config_lib.config_from_flags(flags.FLAGS)
     out = flags.FLAGS.out.format(system=base_config.system)
     sizes = [int(s) for s in flags.FLAGS.train_sizes]
@@ -61,12 +59,11 @@ def main(argv):
             num_epochs=steps // per_epoch,
             data_dir=os.path.join(out, f"data_{size}"),
         )
-        settings = BaselineSettings(
-            epochs=config.num_epochs,
-            learning_rate=flags.FLAGS.baseline_learning_rate,
-            lr_decay_epochs=0,  # constant: the same schedule at every size
-            mapping_tasks=flags.FLAGS.mapping_tasks,
-            seed=config.seed,
+        settings = tables.baseline_settings(
+            config,
+            flags.FLAGS.baseline_learning_rate,
+            0,  # lr_decay_epochs: constant, the same schedule at every size
+            flags.FLAGS.mapping_tasks,
         )
         points[size] = tables.run_table(
             config, settings, METHODS, os.path.join(out, f"n{size}"), load_data(config)

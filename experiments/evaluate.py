@@ -11,7 +11,7 @@ per step (normalised and physical units), search time and a PNG of a few systems
 run's own test split this reproduces its results.json.
 """
 
-from absl import app, flags, logging
+from absl import app, flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run's folder.", required=True)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Kipf-layout data folder.", required=True)
@@ -34,12 +34,11 @@ _HORIZON = flags.DEFINE_integer("horizon", None, "Prediction steps scored.")
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from nri_modular import cli, evaluate, reporting
+    from nri_modular import cli
 
-    logging.set_verbosity(logging.INFO)
-    cli.quiet_library_logs()
+    cli.start(argv)
+    from nri_modular import evaluate, reporting
+
     overrides = {
         f.name: f.value
         for f in (

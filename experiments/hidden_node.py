@@ -39,15 +39,12 @@ for _field in dataclasses.fields(experiment.ExperimentConfig):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    cli.start(argv)  # no Orbax INFO lines when the model is saved
     if importlib.util.find_spec("matplotlib") is None:
         raise app.UsageError(
             "this experiment ends by drawing hidden_node.png and needs matplotlib: "
             'pip install -e ".[plots]"'
         )
-    logging.set_verbosity(logging.INFO)
-    cli.quiet_library_logs()  # no Orbax INFO lines when the model is saved
     kwargs = {}
     for field in dataclasses.fields(experiment.ExperimentConfig):
         value = getattr(FLAGS, field.name)

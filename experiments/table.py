@@ -14,8 +14,9 @@ loads finished methods instead of retraining. Writes ``<out>/table.json``
 import os
 import time
 
-from absl import app, flags, logging
+from absl import app, flags
 
+from nri_modular import cli
 from nri_modular import config as config_lib
 
 config_lib.define_flags(flags)
@@ -34,21 +35,17 @@ flags.DEFINE_integer("mapping_tasks", 1000, "Training tasks choosing the module-
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from nri_modular import checkpoints, cli
-    from nri_modular.baselines import BaselineSettings, tables
+    cli.start(argv)
+    from nri_modular import checkpoints
+    from nri_modular.baselines import tables
     from nri_modular.data.loading import load_data
 
-    logging.set_verbosity(logging.INFO)
-    cli.quiet_library_logs()
     config = config_lib.config_from_flags(flags.FLAGS)
-    settings = BaselineSettings(
-        epochs=config.num_epochs,
-        learning_rate=flags.FLAGS.baseline_learning_rate,
-        lr_decay_epochs=flags.FLAGS.lr_decay_epochs,
-        mapping_tasks=flags.FLAGS.mapping_tasks,
-        seed=config.seed,
+    settings = tables.baseline_settings(
+        config,
+        flags.FLAGS.baseline_learning_rate,
+        flags.FLAGS.lr_decay_epochs,
+        flags.FLAGS.mapping_tasks,
     )
     out = flags.FLAGS.out.format(system=config.system)
     start, load_start = time.time(), os.getloadavg()

@@ -1,4 +1,5 @@
-"""The absl entry point shared by ``experiments/springs.py`` and ``experiments/charged.py``."""
+"""The absl entry point shared by ``experiments/springs.py`` and ``experiments/charged.py``,
+and the start every experiment script shares (:func:`start`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,18 @@ def quiet_library_logs() -> None:
     logging.get_absl_handler().addFilter(_DropOrbaxInfo())
 
 
+def start(argv) -> None:
+    """An entry point's start: no stray arguments; INFO logs without Orbax's per-save lines.
+
+    Raises:
+      app.UsageError: ``argv`` holds more than the program name.
+    """
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.INFO)
+    quiet_library_logs()
+
+
 def run(system: str) -> None:
     """Defines the flags (``--system`` defaulting to ``system``) and runs train + meta-test."""
     config_lib.define_flags(flags, system_default=system)
@@ -29,10 +42,7 @@ def run(system: str) -> None:
         # Imported after flag parsing (keeps --help fast).
         from nri_modular import reporting, train
 
-        if len(argv) > 1:
-            raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-        logging.set_verbosity(logging.INFO)
-        quiet_library_logs()
+        start(argv)
         config = config_lib.config_from_flags(flags.FLAGS)
         workdir = flags.FLAGS.workdir or f"runs/{config.system}"
         results = train.train_and_evaluate(config, workdir)

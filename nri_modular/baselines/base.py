@@ -182,6 +182,22 @@ class Method(abc.ABC):
         """Returns trained parameters (the valid-split choice already made)."""
         raise NotImplementedError(f"{self.name} has no training")
 
+    def _fit_adam(
+        self, init: Callable[[jax.Array], Params], loss_fn: LossFn, valid_fn: ValidFn, data
+    ) -> Params:
+        """:func:`fit_adam` from ``init(key)`` with this method's name, settings (seed,
+        epochs, schedule), batch size and observed frames."""
+        return fit_adam(
+            self.name,
+            init_params(init, self.settings.seed),
+            loss_fn,
+            valid_fn,
+            data,
+            self.settings,
+            self.batch_size,
+            self.config.obs_frames,
+        )
+
     def infer(self, observed: np.ndarray) -> np.ndarray:
         """Structures from observed frames.
 

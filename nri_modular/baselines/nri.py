@@ -118,7 +118,28 @@ def _bank(config, num_modules=None) -> ModuleBank:
     return ModuleBank(num_modules or config.num_modules, config.edge_hidden, config.node_hidden)
 
 
-class NRIVAEMethod(base.Method):
+class _EncoderArgmax:
+    """Structures of a fitted encoder (``apply_enc``): every edge takes its largest logit.
+
+    For methods whose parameters hold the encoder's (``_encoder_params``).
+    """
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def _infer_batch(self, params, observed):
+        return proposal_net.argmax_structure(self.apply_enc(params, observed))
+
+    def _encoder_params(self) -> Params:
+        return self.params
+
+    def infer(self, observed):
+        """``[N, obs_frames, n, 4]`` -> int32 ``[N, n(n-1)]``, in test-sized batches."""
+        params = self._encoder_params()
+        return base.map_batches(
+            lambda o: self._infer_batch(params, o), (observed,), self.config.test_batch_size
+        )
+
+
+class NRIVAEMethod(_EncoderArgmax, base.Method):
     """NRI (Kipf et al. 2018): proposal-network encoder, module-bank decoder, ELBO."""
 
     name = "nri_vae"
@@ -150,27 +171,10 @@ class NRIVAEMethod(base.Method):
             structures = proposal_net.argmax_structure(self.apply_enc(params["encoder"], states))
             return hard_rollout_mse(self.bank, params["decoder"], states, structures, cfg.p)
 
-        return base.fit_adam(
-            self.name,
-            base.init_params(init, s.seed),
-            loss,
-            valid,
-            data,
-            s,
-            self.batch_size,
-            cfg.obs_frames,
-        )
+        return self._fit_adam(init, loss, valid, data)
 
-    @functools.partial(jax.jit, static_argnums=0)
-    def _infer_batch(self, params, observed):
-        return proposal_net.argmax_structure(self.apply_enc(params, observed))
-
-    def infer(self, observed):
-        return base.map_batches(
-            lambda o: self._infer_batch(self.params["encoder"], o),
-            (observed,),
-            self.config.test_batch_size,
-        )
+    def _encoder_params(self) -> Params:
+        return self.params["encoder"]
 
     def predict(self, frames, structures):
         return base.bank_predict(self.bank, self.params["decoder"], frames, structures, self.config)
@@ -195,15 +199,11 @@ class NRIFullGraphMethod(base.Method):
             del labels
             return hard_rollout_mse(self.bank, params, states, self._full(states.shape[0]), cfg.p)
 
-        return base.fit_adam(
-            self.name,
-            base.init_params(self.bank.init, self.settings.seed),
+        return self._fit_adam(
+            self.bank.init,
             lambda params, states, labels, key: valid(params, states, labels),
             valid,
             data,
-            self.settings,
-            self.batch_size,
-            cfg.obs_frames,
         )
 
     def predict(self, frames, structures):
@@ -242,7 +242,7 @@ class NRITrueGraphMethod(base.Method):
         return base.bank_predict(self.bank, self.params, frames, structures, self.config)
 
 
-class SupervisedMethod(base.Method):
+class SupervisedMethod(_EncoderArgmax, base.Method):
     """The encoder trained on the true relations (cross-entropy): Table 2's gold standard."""
 
     name = "supervised"
@@ -264,25 +264,7 @@ class SupervisedMethod(base.Method):
             logits = self.apply_enc(params, states)
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-        return base.fit_adam(
-            self.name,
-            base.init_params(lambda k: self.init_enc(k, sample), self.settings.seed),
-            loss,
-            loss,
-            data,
-            self.settings,
-            self.batch_size,
-            cfg.obs_frames,
-        )
-
-    @functools.partial(jax.jit, static_argnums=0)
-    def _infer_batch(self, params, observed):
-        return proposal_net.argmax_structure(self.apply_enc(params, observed))
-
-    def infer(self, observed):
-        return base.map_batches(
-            lambda o: self._infer_batch(self.params, o), (observed,), self.config.test_batch_size
-        )
+        return self._fit_adam(lambda k: self.init_enc(k, sample), loss, loss, data)
 
     def predict(self, frames, structures):
         raise NotImplementedError("the supervised encoder predicts no states (Table 2 only)")

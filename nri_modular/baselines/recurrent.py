@@ -127,21 +127,13 @@ class _LSTMMethod(base.Method):
     def _train(self, data):
         n = self.config.num_particles
         width = n * STATE_DIM if self.joint else STATE_DIM
-        params = base.init_params(
+        return self._fit_adam(
             lambda k: self.model.init(
                 k, self.model.initial_carry(1), jnp.zeros((1, width), jnp.float32)
             ),
-            self.settings.seed,
-        )
-        return base.fit_adam(
-            self.name,
-            params,
             lambda p, s, y, k: self.train_loss(p, s),
             lambda p, s, y: self.train_loss(p, s),
             data,
-            self.settings,
-            self.batch_size,
-            self.config.obs_frames,
         )
 
     @functools.partial(jax.jit, static_argnums=0)

@@ -65,6 +65,20 @@ ROW_NAMES = {
 REPORTED = ("mse_1", "mse_10", "mse_20", "edge_accuracy", "train_seconds")
 
 
+def baseline_settings(
+    config: Config, learning_rate: float, lr_decay_epochs: int, mapping_tasks: int
+) -> base.BaselineSettings:
+    """The baselines' settings of a table run: ``config.num_epochs`` epochs (as ``modular``)
+    from ``config.seed``."""
+    return base.BaselineSettings(
+        epochs=config.num_epochs,
+        learning_rate=learning_rate,
+        lr_decay_epochs=lr_decay_epochs,
+        mapping_tasks=mapping_tasks,
+        seed=config.seed,
+    )
+
+
 def run_table(
     config: Config,
     settings: base.BaselineSettings,
@@ -116,6 +130,24 @@ def _pct(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+def _rows(results: dict, names, cells, published: dict, system: str) -> list[str]:
+    """Markdown rows of the methods of ``names`` in ``results``: the method's name,
+    ``cells(result, published[name][system])`` (strings), its training seconds."""
+    return [
+        "| "
+        + " | ".join(
+            [
+                ROW_NAMES[name],
+                *cells(results[name], published[name][system]),
+                f"{results[name]['train_seconds']:.0f}",
+            ]
+        )
+        + " |"
+        for name in names
+        if name in results
+    ]
+
+
 def format_tables(results: dict, system: str) -> str:
     """Markdown of Table 1 (MSE at 1/10/20 steps) and Table 2 (edge accuracy, %).
 
@@ -128,16 +160,15 @@ def format_tables(results: dict, system: str) -> str:
         "| method | MSE 1 | MSE 10 | MSE 20 | paper MSE 1 | paper MSE 10 | train s |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name in TABLE1_ROWS:
-        if name not in results:
-            continue
-        r = results[name]
-        paper = PUBLISHED_MSE[name][system]
-        lines.append(
-            f"| {ROW_NAMES[name]} | {_sci(r['mse_1'])} | {_sci(r['mse_10'])} | "
-            f"{_sci(r['mse_20'])} | {_sci(paper[0])} | {_sci(paper[1])} | "
-            f"{r['train_seconds']:.0f} |"
-        )
+    lines += _rows(
+        results,
+        TABLE1_ROWS,
+        lambda r, paper: (
+            [_sci(r[k]) for k in ("mse_1", "mse_10", "mse_20")] + [_sci(paper[0]), _sci(paper[1])]
+        ),
+        PUBLISHED_MSE,
+        system,
+    )
     lines += [
         "",
         f"Table 2 ({system}): edge accuracy (%) on the test tasks",
@@ -145,15 +176,13 @@ def format_tables(results: dict, system: str) -> str:
         "| method | accuracy | paper | train s |",
         "|---|---|---|---|",
     ]
-    for name in TABLE2_ROWS:
-        if name not in results:
-            continue
-        r = results[name]
-        paper = PUBLISHED_ACCURACY[name][system]
-        lines.append(
-            f"| {ROW_NAMES[name]} | {_pct(r['edge_accuracy'])} | {paper:.1f} | "
-            f"{r['train_seconds']:.0f} |"
-        )
+    lines += _rows(
+        results,
+        TABLE2_ROWS,
+        lambda r, paper: [_pct(r["edge_accuracy"]), f"{paper:.1f}"],
+        PUBLISHED_ACCURACY,
+        system,
+    )
     return "\n".join(lines)
 
 
