@@ -217,22 +217,36 @@ def _rollout_sq_error(
     return err, metrics.squared_error_per_step(preds * factors, truth * factors)
 
 
-def _prediction_sq_errors(
-    bank,
-    params,
-    states,
-    structures,
-    start_frame,
-    horizon,
-    batch_size,
-    block_rows,
-    edge_compute,
-    put,
-    fetch,
-    groups,
-    dim_scale,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(mse [horizon], scaled mse [horizon] or None)`` from one rollout per batch."""
+def prediction_mse(
+    bank: ModuleBank,
+    params: Params,
+    states: np.ndarray,
+    structures: np.ndarray,
+    start_frame: int = 49,
+    horizon: int = 20,
+    batch_size: int = 250,
+    block_rows: int = 512,
+    edge_compute: str = "blocked",
+    put: Callable[[np.ndarray], jax.Array] = jnp.asarray,
+    fetch: Callable[[jax.Array], np.ndarray] = np.asarray,
+    groups: int = 1,
+    dim_scale: np.ndarray | None = None,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """MSE of open-loop rollouts from ``start_frame``, per step.
+
+    Args:
+      states: ``[N, T, n, 4]`` with ``T > start_frame + horizon``.
+      structures: int32 ``[N, E]``.
+      groups: edge layouts per ``groups`` slices of a batch (see ``gnn.rollout``).
+      dim_scale: ``[4]`` factors applied to the errors of (x, y, vx, vy) before squaring
+        (:func:`physical_scale` gives physical units): the same rollouts then also give
+        the MSE in those units.
+      put, fetch: as in :func:`search_structures`.
+
+    Returns:
+      ``[horizon]``: entry ``k - 1`` is the MSE of the ``k``-step prediction (normalised
+      units); with ``dim_scale``, ``(that, the MSE in dim_scale's units [horizon])``.
+    """
     n_tasks, t = states.shape[:2]
     if start_frame + horizon >= t:
         raise ValueError(
@@ -258,53 +272,9 @@ def _prediction_sq_errors(
         total += fetch(err)[:valid].sum(0)
         if scaled is not None:
             total_scaled += fetch(scaled)[:valid].sum(0)
-    return total / n_tasks, None if scale is None else total_scaled / n_tasks
-
-
-def prediction_mse(
-    bank: ModuleBank,
-    params: Params,
-    states: np.ndarray,
-    structures: np.ndarray,
-    start_frame: int = 49,
-    horizon: int = 20,
-    batch_size: int = 250,
-    block_rows: int = 512,
-    edge_compute: str = "blocked",
-    put: Callable[[np.ndarray], jax.Array] = jnp.asarray,
-    fetch: Callable[[jax.Array], np.ndarray] = np.asarray,
-    groups: int = 1,
-    dim_scale: np.ndarray | None = None,
-) -> np.ndarray:
-    """MSE of open-loop rollouts from ``start_frame``, per step.
-
-    Args:
-      states: ``[N, T, n, 4]`` with ``T > start_frame + horizon``.
-      structures: int32 ``[N, E]``.
-      groups: edge layouts per ``groups`` slices of a batch (see ``gnn.rollout``).
-      dim_scale: ``[4]`` factors applied to the errors of (x, y, vx, vy) before squaring
-        (:func:`physical_scale` gives physical units); default: normalised units.
-      put, fetch: as in :func:`search_structures`.
-
-    Returns:
-      ``[horizon]``: entry ``k - 1`` is the MSE of the ``k``-step prediction.
-    """
-    mse, scaled = _prediction_sq_errors(
-        bank,
-        params,
-        states,
-        structures,
-        start_frame,
-        horizon,
-        batch_size,
-        block_rows,
-        edge_compute,
-        put,
-        fetch,
-        groups,
-        dim_scale,
-    )
-    return mse if scaled is None else scaled
+    if scale is None:
+        return total / n_tasks
+    return total / n_tasks, total_scaled / n_tasks
 
 
 def _mse_entries(mse: np.ndarray, suffix: str) -> dict:
@@ -385,7 +355,7 @@ def meta_test(
         fetch=fetch,
     )
     search_seconds = time.time() - start
-    mse, physical = _prediction_sq_errors(
+    mse = prediction_mse(
         bank,
         state.params,
         test.states,
@@ -400,6 +370,7 @@ def meta_test(
         groups=config.task_shards,
         dim_scale=dim_scale,
     )
+    mse, physical = (mse, None) if dim_scale is None else mse
     results = {
         "system": config.system,
         "edge_accuracy": metrics.edge_accuracy(structures, test.labels, mapping),
