@@ -10,15 +10,18 @@ Two arms at the same budget (training tasks, widths, steps, wall time), both sco
 frames ``0..obs_frames-1``, ``--test_*`` flags):
 
 * ``upper_bound``: the module bank trained with every training task's true relations as its
-  structure (no search during training: BounceGrad with ``sa_steps=0`` and the structures
-  set to the labels). What search can reach with modules fitted this well.
+  structure (no search during training: the one true-edges trainer's step,
+  :func:`nri_modular.baselines.true_edges.true_edges_step`, BounceGrad with ``sa_steps=0``
+  and the structures set to the labels). What search can reach with modules fitted this well.
 * ``bouncegrad``: BounceGrad as configured (structures searched during training).
 
 Every ``--eval_every_seconds`` of training (the clock excludes evaluation) each arm writes a
 curve point to ``<workdir>/curve.jsonl``: valid edge accuracy after search (and of the
 exact one-step optimum alone), valid one-step MSE with the true graph, the training loss,
 training seconds and the machine's load; ``<workdir>/curve.png`` plots them against
-training wall time. Every flag of :class:`nri_modular.Config` applies (see --helpfull).
+training wall time. Each arm's final module parameters are saved in ``<workdir>/model_<arm>``
+(:func:`nri_modular.checkpoints.save_model`; read back with ``load_model``). Every flag of
+:class:`nri_modular.Config` applies (see --helpfull).
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ import json
 import os
 import time
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -222,12 +224,15 @@ def run_arm(
       arm: ``"upper_bound"`` (true relations, no search) or ``"bouncegrad"``.
       data: the loaded :class:`nri_modular.Dataset` (train and valid splits used).
       write: called with each curve row (a dict).
-      workdir: the final parameters go to ``<workdir>/params_<arm>.msgpack``.
+      workdir: the final parameters go to ``<workdir>/model_<arm>``
+        (:func:`nri_modular.checkpoints.save_model`, replacing an earlier run's).
 
     Returns:
       The final curve row (all valid tasks scored).
     """
     import nri_modular as nm
+    from nri_modular import checkpoints
+    from nri_modular.baselines import true_edges
 
     if arm not in ARMS:
         raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
@@ -239,18 +244,19 @@ def run_arm(
     optimizer = config_lib.module_optimizer(config)
     bg_config = config_lib.bouncegrad_config(config)
     if arm == "upper_bound":
-        bg_config = dataclasses.replace(bg_config, sa_steps=0)
-    step_fn = jax.jit(nm.make_bouncegrad_step(bank, optimizer, bg_config, n), donate_argnums=0)
-    state = nm.init_train_state(
-        jax.random.PRNGKey(config.seed),
-        bank,
-        optimizer,
-        config.num_train,
-        n,
-        initial_temperature=config.initial_temperature,
-    )
-    if arm == "upper_bound":
-        state = state.replace(structures=jnp.asarray(train_split.labels, jnp.int32))
+        state, step_fn = true_edges.true_edges_step(
+            bank, optimizer, train_split, seed=config.seed, step_config=bg_config
+        )
+    else:
+        step_fn = jax.jit(nm.make_bouncegrad_step(bank, optimizer, bg_config, n), donate_argnums=0)
+        state = nm.init_train_state(
+            jax.random.PRNGKey(config.seed),
+            bank,
+            optimizer,
+            config.num_train,
+            n,
+            initial_temperature=config.initial_temperature,
+        )
     states_np, labels_np = np.asarray(train_split.states), train_split.labels
     steps_per_epoch = config.num_train // config.batch_size
     key = jax.random.PRNGKey(config.seed + 1)
@@ -311,8 +317,10 @@ def run_arm(
         if budget.max_seconds and trained >= budget.max_seconds:
             break
     final = point(final=True)
-    with open(os.path.join(workdir, f"params_{arm}.msgpack"), "wb") as out:
-        out.write(flax.serialization.to_bytes(state.params))
+    meta = {"arm": arm, "step": step, "config": checkpoints.config_json(config)}
+    checkpoints.save_model(
+        os.path.join(workdir, f"model_{arm}"), jax.device_get(state.params), meta, overwrite=True
+    )
     return final
 
 

@@ -87,7 +87,7 @@ def _curve_rows(data_dir, tmp_path, arm, **overrides):
 
 
 def test_upper_bound_arm_trains_on_the_labels_and_writes_curve_points(tiny_data_dir, tmp_path):
-    _, _, rows, final = _curve_rows(tiny_data_dir, tmp_path, "upper_bound", test_sa_steps=2)
+    config, data, rows, final = _curve_rows(tiny_data_dir, tmp_path, "upper_bound", test_sa_steps=2)
     assert [r["step"] for r in rows] == [1, 2, 3] and [r["final"] for r in rows][-1]
     # Intermediate points score 3 valid tasks, the final one all 4 (with search).
     assert [r["num_valid_scored"] for r in rows] == [3, 3, 4]
@@ -95,7 +95,28 @@ def test_upper_bound_arm_trains_on_the_labels_and_writes_curve_points(tiny_data_
         assert r["train_edge_accuracy"] == 1.0  # the structures stayed the labels
         assert np.isfinite(r["valid_exact_init_accuracy"]) and r["valid_mse1_true_graph"] > 0
     assert np.isfinite(final["valid_edge_accuracy"]) and final["tasks_seen"] == 3 * 10
-    assert os.path.exists(tmp_path / "params_upper_bound.msgpack")
+    # Trained by the one true-edges trainer: its 3 steps with the run's step settings give
+    # the saved modules bit for bit.
+    from nri_modular import checkpoints
+    from nri_modular import config as config_lib
+    from nri_modular.baselines import true_edges
+
+    saved, meta = checkpoints.load_model(str(tmp_path / "model_upper_bound"))
+    assert meta["arm"] == "upper_bound" and meta["step"] == 3
+    expected, _ = true_edges.train_true_edges(
+        config_lib.build_bank(config),
+        config_lib.module_optimizer(config),
+        data.train,
+        num_steps=3,
+        batch_size=config.batch_size,
+        p=config.p,
+        seed=config.seed,
+        step_config=config_lib.bouncegrad_config(config),
+    )
+    got, want = jax.tree.leaves(saved), jax.tree.leaves(expected)
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     png = tmp_path / "curve.png"
     plots.upper_bound_curves(json.loads(json.dumps(rows)), str(png), "tiny")
     assert png.stat().st_size > 0

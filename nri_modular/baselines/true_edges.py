@@ -48,17 +48,70 @@ class ProposalTraining:
 
 
 def _check(bank: ModuleBank, train: Split, num_steps: int, batch_size: int) -> None:
-    labels = np.asarray(train.labels)
     if num_steps <= 0:
         raise ValueError(f"num_steps must be positive, got {num_steps}")
     if not 0 < batch_size <= train.num_tasks:
         raise ValueError(f"batch_size must be in [1, {train.num_tasks}], got {batch_size}")
+
+
+def _check_labels(bank: ModuleBank, train: Split) -> None:
+    labels = np.asarray(train.labels)
     if labels.min() < 0 or labels.max() >= bank.num_modules:
         raise ValueError(
             f"true-edges training computes relation type k with module k: relation types "
             f"{int(labels.min())}..{int(labels.max())} need num_modules > {int(labels.max())}, "
             f"got {bank.num_modules}"
         )
+
+
+# Signature: (state, batch) -> (state, metrics), jitted, the state's buffers donated
+StepFn = Callable[[bouncegrad.TrainState, bouncegrad.Batch], tuple[bouncegrad.TrainState, dict]]
+
+
+def true_edges_step(
+    bank: ModuleBank,
+    optimizer: optax.GradientTransformation,
+    train: Split,
+    *,
+    seed: int,
+    step_config: bouncegrad.BounceGradConfig,
+    proposal: ProposalTraining | None = None,
+) -> tuple[bouncegrad.TrainState, StepFn]:
+    """The initial state and the step of true-edges training, for a loop of one's own.
+
+    Args:
+      bank, optimizer, train, seed, proposal: as in :func:`train_true_edges`.
+      step_config: the step's settings (``p``, loss, edge layout); ``sa_steps`` is set
+        to 0 (no annealing).
+
+    Returns:
+      ``(state, step)``: the state from ``PRNGKey(seed)`` with every training task's
+      structure its labels (int32 ``[S, n(n-1)]``), and the jitted BounceGrad step.
+    """
+    _check_labels(bank, train)
+    n = train.num_particles
+    state = bouncegrad.init_train_state(
+        jax.random.PRNGKey(seed),
+        bank,
+        optimizer,
+        train.num_tasks,
+        n,
+        proposal_params=None if proposal is None else proposal.params,
+        proposal_optimizer=None if proposal is None else proposal.optimizer,
+    )
+    state = state.replace(structures=jnp.asarray(train.labels, jnp.int32))
+    step = jax.jit(
+        bouncegrad.make_bouncegrad_step(
+            bank,
+            optimizer,
+            dataclasses.replace(step_config, sa_steps=0),
+            n,
+            None if proposal is None else proposal.apply,
+            None if proposal is None else proposal.optimizer,
+        ),
+        donate_argnums=0,
+    )
+    return state, step
 
 
 def train_true_edges(
@@ -73,6 +126,7 @@ def train_true_edges(
     proposal: ProposalTraining | None = None,
     log: Callable[[str], None] | None = None,
     log_every: int = 200,
+    step_config: bouncegrad.BounceGradConfig | None = None,
 ) -> tuple[Params, Params]:
     """Trains ``bank`` on the training split with structure = labels.
 
@@ -88,33 +142,21 @@ def train_true_edges(
       proposal: also train the learned proposal network (see :class:`ProposalTraining`).
       log: called with a progress line every ``log_every`` steps and at the last step
         (mean loss over those steps, proposal cross-entropy when trained, seconds).
+      step_config: the step's other settings (loss, edge layout; default
+        ``BounceGradConfig()``'s); its ``p`` is replaced by ``p``.
 
     Returns:
       ``(params, proposal_params)``: the trained module parameters and the trained proposal
       parameters (``None`` without ``proposal``), as device arrays.
     """
     _check(bank, train, num_steps, batch_size)
-    n = train.num_particles
-    state = bouncegrad.init_train_state(
-        jax.random.PRNGKey(seed),
+    state, step_fn = true_edges_step(
         bank,
         optimizer,
-        train.num_tasks,
-        n,
-        proposal_params=None if proposal is None else proposal.params,
-        proposal_optimizer=None if proposal is None else proposal.optimizer,
-    )
-    state = state.replace(structures=jnp.asarray(train.labels))
-    step_fn = jax.jit(
-        bouncegrad.make_bouncegrad_step(
-            bank,
-            optimizer,
-            bouncegrad.BounceGradConfig(p=p, sa_steps=0),
-            n,
-            None if proposal is None else proposal.apply,
-            None if proposal is None else proposal.optimizer,
-        ),
-        donate_argnums=0,
+        train,
+        seed=seed,
+        step_config=dataclasses.replace(step_config or bouncegrad.BounceGradConfig(), p=p),
+        proposal=proposal,
     )
     per_epoch = train.num_tasks // batch_size
     start, window, epoch_batches = time.perf_counter(), [], None
