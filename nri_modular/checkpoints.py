@@ -46,8 +46,22 @@ STATE_FIELDS = (
 # Settings a resumed run may not change although they change no shape: they determine its
 # data (data_seed: the cached dataset would be regenerated), its data order (seed,
 # batch_size) and so whether it resumes exactly; the stored structures satisfy the run's
-# structure prior (symmetric_structure, node_types).
-RESUME_FIELDS = ("data_seed", "seed", "batch_size", "symmetric_structure", "node_types")
+# structure prior (symmetric_structure, node_types); the objective it minimises (loss,
+# huber_delta) and whether its step size decays (final_learning_rate).
+RESUME_FIELDS = (
+    "data_seed",
+    "seed",
+    "batch_size",
+    "symmetric_structure",
+    "node_types",
+    "loss",
+    "huber_delta",
+    "final_learning_rate",
+)
+# With a decaying step size (final_learning_rate > 0) these fix the schedule too (a cosine
+# over num_epochs from learning_rate): another value would jump to another curve mid-run.
+# A constant step size may be changed, and a run extended, on resume.
+SCHEDULE_FIELDS = ("learning_rate", "num_epochs")
 RUN_META = "run.json"
 
 MODEL_META = "model.json"
@@ -96,9 +110,12 @@ def _check_workdir_config(workdir: str, config: Config) -> None:
         if not isinstance(saved, dict):
             raise ValueError(f"{path} does not hold a JSON object; use another --workdir")
         defaults = config_json(Config())  # fields added since the run was started
+        fields = STATE_FIELDS + RESUME_FIELDS
+        if saved.get("final_learning_rate", 0) or config.final_learning_rate:
+            fields += SCHEDULE_FIELDS
         diff = {
             k: (saved.get(k, defaults[k]), current[k])
-            for k in STATE_FIELDS + RESUME_FIELDS
+            for k in fields
             if saved.get(k, defaults[k]) != current[k]
         }
         network = [Config(**_known(saved)).uses_proposal_network, config.uses_proposal_network]

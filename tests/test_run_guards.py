@@ -67,6 +67,33 @@ def test_resume_refuses_other_data_order_or_data(
     assert sorted(os.listdir(tiny_data_dir)) == before  # data_seed: nothing regenerated
 
 
+def test_resume_refuses_another_loss_naming_the_field(trained_workdir, tmp_path, tiny_data_dir):
+    workdir = _copy_run(trained_workdir, tmp_path)
+    with pytest.raises(ValueError, match=re.escape("loss (checkpoint 'mse', now 'huber')")):
+        train.train_and_evaluate(flagfile_config(data_dir=tiny_data_dir, loss="huber"), workdir)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (dict(huber_delta=0.5), "huber_delta (checkpoint 0.01, now 0.5)"),
+        (dict(final_learning_rate=1e-4), "final_learning_rate (checkpoint 0.0, now 0.0001)"),
+        # A decaying step size: the schedule's length and start are fixed too.
+        (dict(final_learning_rate=1e-4, num_epochs=3), "num_epochs (checkpoint 2, now 3)"),
+    ],
+    ids=["huber_delta", "final_learning_rate", "num_epochs_when_decaying"],
+)
+def test_resume_refuses_another_objective_or_schedule(
+    trained_workdir, tmp_path, tiny_data_dir, override, message
+):
+    workdir = _copy_run(trained_workdir, tmp_path)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        checkpoints.prepare_workdir(workdir, flagfile_config(data_dir=tiny_data_dir, **override))
+    # A constant step size: the run may be extended or its step size changed.
+    config = flagfile_config(data_dir=tiny_data_dir, num_epochs=3, learning_rate=5e-4)
+    checkpoints.prepare_workdir(workdir, config)
+
+
 def test_meta_test_settings_do_not_block_a_resume(trained_workdir, tmp_path, tiny_data_dir):
     """test_proposal (same network presence), test search sizes and horizon are meta-test
     settings: today's test_proposal=exact_local -> uniform no longer refuses."""
