@@ -21,7 +21,8 @@ setup(
         "orbax-checkpoint",
     ],
     extras_require={
-        "test": ["pytest", "chex", "ruff", "matplotlib"],  # tests draw the figures
+        # matplotlib: tests draw the figures; pytest-xdist: the suite runs on every core
+        "test": ["pytest", "pytest-xdist", "chex", "ruff", "matplotlib"],
         "plots": ["matplotlib"],
         "tensorboard": ["tensorboardX"],
     },

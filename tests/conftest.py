@@ -2,17 +2,92 @@
 
 Float64 tests use ``with jax.enable_x64(True):`` (a context manager in jax 0.10), so
 x64 never leaks into other tests.
+
+Speed (the suite is compile-bound): it runs on pytest-xdist workers (``-n auto --dist
+loadgroup``, pyproject.toml); every process of a test run (workers, CLI subprocesses)
+shares one persistent compilation cache, so a program compiles once per run
+(:func:`pytest_configure`); the expensive session fixtures (the tiny dataset, the trained
+runs) are built once per run and shared by the workers (:func:`build_once`); tests that
+share an expensive module-scoped fixture run on one worker (:data:`GROUPED_FIXTURES`).
 """
 
 import dataclasses
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import jax
 import pytest
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# The test run's compilation cache: created by the first pytest process (the xdist
+# controller), inherited by its workers and by every subprocess through the environment.
+CACHE_ENV = "NRI_MODULAR_TEST_JAX_CACHE"
+
+
+def pytest_configure(config):
+    """Every process of the test run compiles a program once: a persistent compilation
+    cache shared by all of them (set before this process compiles anything). Removed with
+    the run."""
+    cache = os.environ.get(CACHE_ENV)
+    if not cache:
+        cache = tempfile.mkdtemp(prefix="nri_modular_test_jax_cache_")
+        os.environ[CACHE_ENV] = cache
+        config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+# Module-scoped fixtures that take long to build (a trained run, an evaluation, a
+# generated dataset): the tests using one run on one xdist worker, which builds it once.
+GROUPED_FIXTURES = {"own_test_split", "ours", "springs_200", "springs_dir"}
+
+
+# Files holding the longest tests (multi-process runs, CLI runs, training to a result):
+# they start first, so the workers end together instead of one waiting on a late long
+# test. Only the order changes; every test still runs.
+RUN_FIRST = (
+    "test_distributed.py",
+    "test_table.py",
+    "test_search_correctness.py",
+    "test_train.py",
+    "test_structure_priors.py",
+    "test_baselines.py",
+    "test_upper_bound.py",
+    "test_bouncegrad.py",
+    "test_true_edges.py",
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(RUN_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(RUN_FIRST)))  # stable
+    for item in items:
+        used = sorted(GROUPED_FIXTURES.intersection(item.fixturenames))
+        if used:
+            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{used[0]}"))
+
+
+def build_once(tmp_path_factory, name: str, build) -> str:
+    """``build(path)`` once per test run, however many xdist workers ask: the first one
+    builds under a file lock, the others wait for it and share the result. ``path`` (a
+    folder that does not exist yet) is returned. Without xdist: once per session."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's base folder, above the workers' own
+    path = root / name
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not (root / f"{name}.done").exists():
+            shutil.rmtree(path, ignore_errors=True)  # what a failed build left
+            build(str(path))
+            (root / f"{name}.done").touch()
+    return str(path)
 
 
 # ----------------------------------------------------------------------------------------
@@ -55,22 +130,24 @@ def flagfile_config(path: str = TEST_FLAGS, **overrides):
 
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):
-    """The CI flagfile's dataset, generated once per session."""
+    """The CI flagfile's dataset, generated once per test run."""
     from nri_modular.data import loading
 
-    data_dir = str(tmp_path_factory.mktemp("tiny_data"))
-    loading.load_data(flagfile_config(data_dir=data_dir))
-    return data_dir
+    def build(data_dir):
+        os.makedirs(data_dir)
+        loading.load_data(flagfile_config(data_dir=data_dir))
+
+    return build_once(tmp_path_factory, "tiny_data", build)
 
 
 @pytest.fixture(scope="session")
 def subprocess_env(tmp_path_factory):
-    """Environment for CLI subprocesses: repo on the path, shared compilation cache."""
-    cache = str(tmp_path_factory.mktemp("jax_cache"))
+    """Environment for CLI subprocesses: repo on the path, the test run's compilation
+    cache."""
     env = dict(os.environ)
     env.update(
         PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""),
-        JAX_COMPILATION_CACHE_DIR=cache,
+        JAX_COMPILATION_CACHE_DIR=os.environ[CACHE_ENV],
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
         JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
         JAX_PLATFORMS="cpu",
@@ -81,12 +158,14 @@ def subprocess_env(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory, tiny_data_dir):
-    """A workdir after the CI flagfile's run in this process (results + 2 checkpoints)."""
-    workdir = str(tmp_path_factory.mktemp("smoke") / "run")
+    """A workdir after the CI flagfile's run in-process (results + 2 checkpoints); tests
+    read it or copy it, never change it."""
     from nri_modular import train
 
-    train.train_and_evaluate(flagfile_config(data_dir=tiny_data_dir), workdir)
-    return workdir
+    def build(workdir):
+        train.train_and_evaluate(flagfile_config(data_dir=tiny_data_dir), workdir)
+
+    return build_once(tmp_path_factory, "trained_run", build)
 
 
 # The longer run the resume / multi-device tests compare against (60 BounceGrad steps;
@@ -121,9 +200,11 @@ def run_cli(env: dict, workdir: str, data_dir: str, *extra: str) -> subprocess.C
 @pytest.fixture(scope="session")
 def reference_run(tmp_path_factory, tiny_data_dir, subprocess_env):
     """Workdir of one uninterrupted 1-device CLI run with :data:`REFERENCE_FLAGS`."""
-    workdir = str(tmp_path_factory.mktemp("reference") / "run")
-    run_cli(subprocess_env, workdir, tiny_data_dir, *REFERENCE_FLAGS)
-    return workdir
+    return build_once(
+        tmp_path_factory,
+        "reference_run",
+        lambda workdir: run_cli(subprocess_env, workdir, tiny_data_dir, *REFERENCE_FLAGS),
+    )
 
 
 def reference_config(data_dir: str, **overrides):

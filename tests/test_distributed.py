@@ -21,6 +21,7 @@ import pytest
 from conftest import (
     REFERENCE_FLAGS,
     REPO,
+    build_once,
     cli,
     final_state,
     flagfile_config,
@@ -120,10 +121,13 @@ SHARDED = ("--task_shards=4",)
 
 @pytest.fixture(scope="module")
 def sharded_reference_run(tmp_path_factory, tiny_data_dir, subprocess_env):
-    """One-device run of :data:`REFERENCE_FLAGS` with :data:`SHARDED`."""
-    workdir = str(tmp_path_factory.mktemp("sharded_reference") / "run")
-    run_cli(subprocess_env, workdir, tiny_data_dir, *REFERENCE_FLAGS, *SHARDED)
-    return workdir
+    """One-device run of :data:`REFERENCE_FLAGS` with :data:`SHARDED` (once per test run,
+    shared by the xdist workers)."""
+    return build_once(
+        tmp_path_factory,
+        "sharded_reference_run",
+        lambda workdir: run_cli(subprocess_env, workdir, tiny_data_dir, *REFERENCE_FLAGS, *SHARDED),
+    )
 
 
 def test_four_devices_with_task_shards_equal_one_device(
