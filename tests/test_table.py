@@ -93,6 +93,22 @@ def test_data_efficiency_ratios_read_the_vae_curve_at_modulars_accuracy():
     assert rows[0]["vae_tasks_needed"] == pytest.approx(1000)
     assert rows[0]["ratio"] == pytest.approx(10)
     assert rows[1]["vae_tasks_needed"] is None and rows[1]["ratio"] is None
+    assert rows[0]["ratio_at_least"] == pytest.approx(10)
+    assert rows[1]["ratio_at_least"] == pytest.approx(1)  # 1000 / 1000: nothing more is known
+
+
+def test_vae_best_reading_reads_modulars_curve_at_the_vaes_best_accuracy():
+    sizes = [100, 1000, 10000]
+    # The VAE's best is 0.7 at 10000; modular crosses 0.7 halfway (in log) from 100 to 1000.
+    exact = tables.vae_best_reading(sizes, [0.6, 0.8, 0.9], [0.5, 0.6, 0.7])
+    assert exact["vae_best_accuracy"] == pytest.approx(0.7) and exact["vae_tasks"] == 10000
+    assert exact["modular_tasks_needed"] == pytest.approx(np.sqrt(100 * 1000))
+    assert exact["ratio"] == pytest.approx(10000 / np.sqrt(100 * 1000)) and exact["exact"]
+    bound = tables.vae_best_reading(sizes, [0.75, 0.8, 0.9], [0.5, 0.7, 0.6])
+    assert bound["vae_tasks"] == 1000 and bound["modular_tasks_needed"] == 100
+    assert bound["ratio"] == pytest.approx(10) and not bound["exact"]
+    never = tables.vae_best_reading(sizes, [0.5, 0.55, 0.6], [0.5, 0.6, 0.7])
+    assert never["modular_tasks_needed"] is None and never["ratio"] is None
 
 
 def test_data_efficiency_figure_writes_a_png(tmp_path):
