@@ -138,10 +138,9 @@ def one_step_mse(bank, params, states: np.ndarray, structures: np.ndarray, batch
 
     fn = _one_step_errors(bank)
     total = 0.0
-    indices, mask = batching.eval_batches(states.shape[0], batch_size)
-    for idx, valid in zip(indices, mask, strict=True):
+    for idx, valid in batching.padded_batches(states.shape[0], batch_size):
         losses = np.asarray(fn(params, jnp.asarray(states[idx]), jnp.asarray(structures[idx])))
-        total += float(losses[valid].sum())
+        total += float(losses[:valid].sum())
     return total / states.shape[0]
 
 
@@ -157,10 +156,9 @@ def exact_init_structures(bank, params, states: np.ndarray, batch_size: int) -> 
     from nri_modular.data import batching
 
     best = _exact_best(bank, states.shape[2])
-    indices, mask = batching.eval_batches(states.shape[0], batch_size)
     out = [
-        np.asarray(best(params, jnp.asarray(states[i])))[m]
-        for i, m in zip(indices, mask, strict=True)
+        np.asarray(best(params, jnp.asarray(states[idx])))[:valid]
+        for idx, valid in batching.padded_batches(states.shape[0], batch_size)
     ]
     return np.concatenate(out)
 

@@ -8,7 +8,8 @@
   boundary and :class:`Preempted` (exit code 0).
 * A trained model (parameters plus what they were trained with): :func:`save_model` and
   :func:`load_model`, an Orbax pytree in ``<dir>/params`` beside ``<dir>/model.json``.
-* :func:`write_json_atomic`: every JSON file written whole or not at all.
+* :func:`write_json_atomic`: every JSON file written whole or not at all (its home is
+  :mod:`nri_modular.atomic`, with the dataset writers).
 
 Nothing here deletes a checkpoint or a model (Orbax's keep-the-last-N rotation aside).
 """
@@ -28,6 +29,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from nri_modular import distributed
+from nri_modular.atomic import write_json_atomic
 from nri_modular.config import Config
 
 # Fields that change the shapes in a checkpoint: resuming with other values is an error.
@@ -66,21 +68,6 @@ RUN_META = "run.json"
 
 MODEL_META = "model.json"
 MODEL_PARAMS = "params"
-
-
-def write_json_atomic(path: str, obj: Any, indent: int = 2) -> None:
-    """Writes ``obj`` as JSON to ``path`` through a temporary file and a rename.
-
-    A reader (or a rerun after a kill) sees the old file or the new one, never half of one.
-    """
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=indent)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # ---------------------------------------------------------------------------------------

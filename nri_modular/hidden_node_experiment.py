@@ -27,7 +27,7 @@ from nri_modular import checkpoints, plots
 from nri_modular import graph as graph_lib
 from nri_modular import hidden_node as hn
 from nri_modular.baselines import true_edges
-from nri_modular.data import Split, ensure_dataset, eval_batches, physics
+from nri_modular.data import Split, batching, ensure_dataset, physics
 from nri_modular.modules import ModuleBank, Params
 
 HIDDEN_CHOICES = ("last", "random")
@@ -207,13 +207,13 @@ def hidden_search_config(config: ExperimentConfig) -> hn.HiddenSearchConfig:
 
 def _batched(fn, arrays: tuple, batch: int, key, log=None, what=""):
     """Runs jitted ``fn(*arrays_batch, key_i)`` on the fixed-size batches of
-    :func:`nri_modular.data.eval_batches` (the last one padded by repeating its last
-    system), ``key_i = fold_in(key, i)``; returns the outputs of the real systems, in order.
+    :func:`nri_modular.data.batching.padded_batches` (the last one padded by repeating its
+    last system), ``key_i = fold_in(key, i)``; returns the outputs of the real systems, in
+    order.
     """
     total = arrays[0].shape[0]
     outs = []
-    indices, mask = eval_batches(total, batch)
-    for i, (idx, valid) in enumerate(zip(indices, mask.sum(axis=1), strict=True)):
+    for i, (idx, valid) in enumerate(batching.padded_batches(total, batch)):
         out = fn(*(jnp.asarray(a[idx]) for a in arrays), jax.random.fold_in(key, i))
         outs.append(jax.tree.map(lambda x, valid=valid: np.asarray(x)[:valid], out))
         if log is not None:

@@ -389,9 +389,8 @@ def learning_rate_schedule(settings: BaselineSettings, steps_per_epoch: int) -> 
 def batched_mean(fn: Callable, split: datasets.Split, batch_size: int, frames: int) -> float:
     """Task-weighted mean of ``fn(states [B, frames, n, 4], labels [B, E]) -> scalar``."""
     total = 0.0
-    for idx, mask in zip(*batching.eval_batches(split.num_tasks, batch_size), strict=True):
+    for idx, valid in batching.padded_batches(split.num_tasks, batch_size):
         states, labels = datasets.gather(split, idx)
-        valid = int(mask.sum())
         total += float(fn(states[:valid, :frames], labels[:valid])) * valid
     return total / split.num_tasks
 
@@ -408,9 +407,9 @@ def map_batches(fn: Callable, arrays: tuple[np.ndarray, ...], batch_size: int) -
     """
     n = next(a for a in arrays if a is not None).shape[0]
     out = []
-    for idx, mask in zip(*batching.eval_batches(n, batch_size), strict=True):
+    for idx, valid in batching.padded_batches(n, batch_size):
         batch = tuple(None if a is None else jnp.asarray(a[idx]) for a in arrays)
-        out.append(np.asarray(fn(*batch))[: int(mask.sum())])
+        out.append(np.asarray(fn(*batch))[:valid])
     return np.concatenate(out)
 
 

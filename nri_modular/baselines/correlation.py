@@ -136,8 +136,8 @@ class CorrDataMethod(base.Method):
     def _split_features(self, split: datasets.Split):
         obs = self.config.obs_frames
         feats = [
-            self.features(datasets.gather(split, idx[: int(m.sum())])[0][:, :obs])
-            for idx, m in zip(*batching.eval_batches(split.num_tasks, 500), strict=True)
+            self.features(datasets.gather(split, idx[:valid])[0][:, :obs])
+            for idx, valid in batching.padded_batches(split.num_tasks, 500)
         ]
         return np.concatenate(feats), split.labels
 
@@ -152,8 +152,8 @@ class CorrDataMethod(base.Method):
 
     def infer(self, observed):
         out = [
-            classify(self.params, self.features(observed[idx[: int(m.sum())]]))
-            for idx, m in zip(*batching.eval_batches(len(observed), 500), strict=True)
+            classify(self.params, self.features(observed[idx[:valid]]))
+            for idx, valid in batching.padded_batches(len(observed), 500)
         ]
         return np.concatenate(out)
 

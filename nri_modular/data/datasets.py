@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from nri_modular import graph
+from nri_modular import atomic, graph
 from nri_modular.data import physics
 
 SPLITS = ("train", "valid", "test")
@@ -262,24 +262,6 @@ class Dataset:
 # Writing.
 
 
-def _save_npy_atomic(path: str, array: np.ndarray) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def generation_meta(
     system: str,
     num_train: int,
@@ -397,7 +379,7 @@ def generate_dataset(
         for kind, array in (("loc", loc), ("vel", vel), ("edges", edges)):
             name = file_name(kind, split, system, num_particles)
             path = os.path.join(out_dir, name)
-            _save_npy_atomic(path, array)
+            atomic.save_npy_atomic(path, array)
             written[name] = path
     meta = generation_meta(
         system,
@@ -412,7 +394,7 @@ def generate_dataset(
         dtype=dtype,
         **overrides,
     )
-    _write_text_atomic(meta_path, json.dumps(meta, indent=1, sort_keys=True))
+    atomic.write_text_atomic(meta_path, json.dumps(meta, indent=1, sort_keys=True))
     written[os.path.basename(meta_path)] = meta_path
     logging.info(
         "wrote the %s%d dataset (%d files) to %s in %.1f s",
