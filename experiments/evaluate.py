@@ -37,7 +37,7 @@ def main(argv):
     from nri_modular import cli
 
     cli.start(argv)
-    from nri_modular import evaluate, reporting
+    from nri_modular import evaluate_saved, reporting
 
     overrides = {
         f.name: f.value
@@ -53,7 +53,7 @@ def main(argv):
         )
         if f.value is not None
     }
-    results = evaluate.evaluate_run(
+    results = evaluate_saved.evaluate_run(
         _WORKDIR.value,
         _DATA_DIR.value,
         split=_SPLIT.value,

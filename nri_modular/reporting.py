@@ -103,7 +103,7 @@ def format_hidden_node_results(results: dict) -> str:
 
 
 def format_evaluation(results: dict) -> str:
-    """The table of :func:`nri_modular.evaluate.evaluate_run` (Markdown)."""
+    """The table of :func:`nri_modular.evaluate_saved.evaluate_run` (Markdown)."""
 
     def mse(key):
         value = results.get(key)

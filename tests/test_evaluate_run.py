@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from nri_modular import evaluate
+from nri_modular import evaluate, evaluate_saved
 from nri_modular.data import datasets
 
 SAME_AS_RESULTS = (
@@ -32,7 +32,7 @@ def _results(workdir):
 @pytest.fixture(scope="module")
 def own_test_split(trained_workdir, tiny_data_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("eval") / "own.json")
-    return evaluate.evaluate_run(trained_workdir, tiny_data_dir, out=out, num_plots=2)
+    return evaluate_saved.evaluate_run(trained_workdir, tiny_data_dir, out=out, num_plots=2)
 
 
 def test_own_test_split_reproduces_results_json(trained_workdir, own_test_split):
@@ -66,7 +66,7 @@ def test_kipf_folder_with_only_the_test_split_and_no_training_data(
     meta["config"]["data_dir"] = str(tmp_path / "training_data_is_gone")
     with open(os.path.join(run, "run.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f)
-    results = evaluate.evaluate_run(run, str(kipf), num_plots=0)
+    results = evaluate_saved.evaluate_run(run, str(kipf), num_plots=0)
     for key in SAME_AS_RESULTS:
         assert results[key] == own_test_split[key], key
     assert results["mse_per_step_physical"] == own_test_split["mse_per_step_physical"]
@@ -77,17 +77,17 @@ def test_kipf_folder_with_only_the_test_split_and_no_training_data(
 
 def test_evaluation_errors_name_the_problem(trained_workdir, tiny_data_dir, tmp_path):
     with pytest.raises(ValueError, match=r"has no checkpoint at step 5; it has \[4, 8\]"):
-        evaluate.evaluate_run(trained_workdir, tiny_data_dir, step=5)
+        evaluate_saved.evaluate_run(trained_workdir, tiny_data_dir, step=5)
     with pytest.raises(ValueError, match="cannot override \\['num_train'\\] at evaluation"):
-        evaluate.evaluate_run(trained_workdir, tiny_data_dir, overrides={"num_train": 3})
+        evaluate_saved.evaluate_run(trained_workdir, tiny_data_dir, overrides={"num_train": 3})
     with pytest.raises(ValueError, match="needs the learned proposal network"):
-        evaluate.evaluate_run(
+        evaluate_saved.evaluate_run(
             trained_workdir, tiny_data_dir, overrides={"test_proposal": "blocked_gibbs"}
         )
     with pytest.raises(ValueError, match="valid trajectories in .* have 49 frames; need more"):
-        evaluate.evaluate_run(trained_workdir, tiny_data_dir, split="valid")
+        evaluate_saved.evaluate_run(trained_workdir, tiny_data_dir, split="valid")
     with pytest.raises(FileNotFoundError, match="holds no run"):
-        evaluate.evaluate_run(str(tmp_path), tiny_data_dir)
+        evaluate_saved.evaluate_run(str(tmp_path), tiny_data_dir)
 
 
 def test_cli_valid_split_with_overrides(trained_workdir, tiny_data_dir, tmp_path, subprocess_env):
@@ -139,7 +139,7 @@ def test_one_rollout_gives_normalised_and_physical_mse(
 
     monkeypatch.setattr(evaluate, "meta_test", meta_test)
     monkeypatch.setattr(evaluate, "_rollout_sq_error", rollout)
-    results = evaluate.evaluate_run(
+    results = evaluate_saved.evaluate_run(
         trained_workdir, tiny_data_dir, out=str(tmp_path / "r.json"), num_plots=0
     )
     config, states = seen["config"], seen["test"].states

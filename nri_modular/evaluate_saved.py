@@ -1,0 +1,214 @@
+"""Evaluating a finished run from its workdir, on any Kipf-layout data.
+
+:func:`evaluate_run` rebuilds the model from the run's config (:func:`nri_modular.train.build`),
+restores a checkpoint (:mod:`nri_modular.checkpoints`), loads one split normalised with the
+run's own constants, runs the meta-test of :mod:`nri_modular.evaluate` with the run's module ->
+relation map, and writes the results JSON and a figure (:mod:`nri_modular.plots`);
+``experiments/evaluate.py`` is its command line. The search and prediction themselves live in
+:mod:`nri_modular.evaluate`, which imports neither training nor checkpoints, so
+:mod:`nri_modular.train` can use it without an import circle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from nri_modular import checkpoints, distributed, evaluate, gnn, metrics, plots, train
+from nri_modular.config import Config
+from nri_modular.data import datasets
+
+# What evaluate_run may change of a run's meta-test (search and prediction settings);
+# everything else (model, normalisation, map) is the run's own.
+EVAL_OVERRIDES = (
+    "test_proposal",
+    "test_sa_steps",
+    "test_uniform_mix",
+    "test_t_start",
+    "test_t_end",
+    "test_batch_size",
+    "obs_frames",
+    "horizon",
+)
+
+
+def run_config(workdir: str) -> tuple[Config, dict | None]:
+    """A run's config and its ``run.json`` metadata (None for runs made before it).
+
+    Raises:
+      FileNotFoundError: ``workdir`` holds no run (names the files looked for).
+    """
+    meta = checkpoints.read_run_meta(workdir)
+    if meta is not None:
+        return checkpoints.config_from_json(meta["config"]), meta
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{workdir} holds no run: neither {checkpoints.RUN_META} nor config.json exists"
+        )
+    with open(path, encoding="utf-8") as f:
+        return checkpoints.config_from_json(json.load(f)), None
+
+
+def _legacy_meta(config: Config, state, step: int) -> dict:
+    """Metadata of a run made before ``run.json``: the normalisation and the map rebuilt
+    from its training split (``config.data_dir``), which must then still exist."""
+    logging.warning(
+        "run made before run.json: normalisation and module -> relation map rebuilt from "
+        "its training data in %s",
+        config.data_dir,
+    )
+    train_split = datasets.load_dataset(
+        config.data_dir, config.system, config.num_particles, splits=("train",)
+    )
+    structures = distributed.to_host(state.structures)
+    labels = train_split.train.labels
+    mapping = metrics.module_mapping(structures, labels, config.num_modules, 2)
+    return {
+        "normalization": train_split.normalization.to_dict(),
+        "train_data": datasets.fingerprint(config.data_dir, config.system, config.num_particles),
+        "module_to_relation": {
+            str(step): {
+                "map": [int(v) for v in mapping],
+                "train_edge_accuracy": float(metrics.edge_accuracy(structures, labels, mapping)),
+            }
+        },
+    }
+
+
+def evaluate_run(
+    workdir: str,
+    data_dir: str,
+    split: str = "test",
+    num_tasks: int = 0,
+    step: int | None = None,
+    overrides: dict | None = None,
+    out: str | None = None,
+    num_plots: int = 3,
+) -> dict:
+    """Scores a trained run on any Kipf-layout folder, with the run's own constants.
+
+    Rebuilds the model from the run's config, restores checkpoint ``step``, loads only
+    ``split`` of ``data_dir`` (ours, Kipf's released files, the reference generator's),
+    normalises it with the run's training constants (never recomputed), searches the
+    structures and predicts as at the end of training
+    (:func:`nri_modular.evaluate.meta_test`), and scores edge accuracy with the run's
+    module -> relation map. On the run's own test split this reproduces its
+    ``results.json``.
+
+    Args:
+      workdir: the run's folder (``run.json`` or, for older runs, ``config.json``).
+      data_dir: folder of ``{loc,vel,edges}_{split}_{system}{n}.npy``.
+      split: ``"test"`` or ``"valid"`` (any split name of the layout).
+      num_tasks: score the first ``num_tasks`` systems (0: all).
+      step: checkpoint step (default: the latest).
+      overrides: search / prediction settings (:data:`EVAL_OVERRIDES`) to change.
+      out: results JSON path (default ``<workdir>/eval/<split>_<folder>_step<k>.json``);
+        the figure is written beside it (``.png``) when ``num_plots > 0``.
+      num_plots: systems drawn (the first ones of the split).
+
+    Returns:
+      The results (also written to ``out``): edge accuracy, MSE per step in normalised and
+      physical units, search and wall seconds, what was evaluated.
+    """
+    start = time.time()
+    config, meta = run_config(workdir)
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(EVAL_OVERRIDES))
+    if unknown:
+        raise ValueError(f"cannot override {unknown} at evaluation; allowed: {EVAL_OVERRIDES}")
+    eval_config = dataclasses.replace(config, **overrides)
+    if eval_config.test_proposal == "blocked_gibbs" and not config.uses_proposal_network:
+        raise ValueError(
+            "test_proposal=blocked_gibbs needs the learned proposal network, which this run "
+            f"did not train (proposal={config.proposal}, test_proposal={config.test_proposal})"
+        )
+    if eval_config.uses_proposal_network and eval_config.obs_frames != config.obs_frames:
+        raise ValueError(
+            f"the proposal network reads obs_frames={config.obs_frames} frames; "
+            f"obs_frames={eval_config.obs_frames} needs another test_proposal"
+        )
+    manager = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
+    steps = list(manager.all_steps())
+    step = steps[-1] if step is None and steps else step
+    if step not in steps:
+        raise ValueError(f"{workdir} has no checkpoint at step {step}; it has {steps}")
+    mesh = distributed.make_mesh(config.model_axis_size)
+    sample = np.zeros((1, config.obs_frames, config.num_particles, 4), np.float32)
+    setup = train.build(config, mesh, sample)
+    state = checkpoints.restore_checkpoint(manager, step, setup.abstract_state)
+    meta = meta if meta is not None else _legacy_meta(config, state, step)
+    entry = meta["module_to_relation"].get(str(step))
+    if entry is None:
+        raise ValueError(
+            f"{workdir}: no module -> relation map was saved for step {step} (saved for "
+            f"steps {sorted(meta['module_to_relation'], key=int)})"
+        )
+    normalization = datasets.Normalization.from_dict(meta["normalization"])
+    data = datasets.load_dataset(
+        data_dir, config.system, config.num_particles, splits=(split,), normalization=normalization
+    )[split]
+    if num_tasks:
+        if num_tasks > data.num_tasks:
+            raise ValueError(f"num_tasks={num_tasks} but {data_dir} has {data.num_tasks} {split}")
+        data = datasets.Split(data.states[:num_tasks], data.labels[:num_tasks])
+    frames_needed = eval_config.obs_frames + eval_config.horizon
+    if data.num_frames <= frames_needed:
+        raise ValueError(
+            f"{split} trajectories in {data_dir} have {data.num_frames} frames; need more than "
+            f"obs_frames + horizon = {frames_needed} (set --obs_frames / --horizon)"
+        )
+    results = evaluate.meta_test(
+        eval_config,
+        setup.bank,
+        state,
+        None,
+        data,
+        setup.proposal_apply,
+        mesh=mesh,
+        mapping=entry["map"],
+        keep_structures=True,
+        dim_scale=evaluate.physical_scale(normalization),
+    )
+    structures = results.pop("structures")
+    results.update(
+        train_edge_accuracy=entry["train_edge_accuracy"],
+        workdir=os.path.abspath(workdir),
+        step=int(step),
+        data_dir=os.path.abspath(data_dir),
+        split=split,
+        overrides=overrides,
+    )
+    out = out or os.path.join(
+        workdir,
+        "eval",
+        f"{split}_{os.path.basename(os.path.abspath(data_dir))}_step{step}.json",
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    if num_plots > 0:
+        picks = np.arange(min(num_plots, data.num_tasks))
+        initial = jnp.asarray(data.states[picks, eval_config.obs_frames])
+        predicted = jax.jit(gnn.rollout, static_argnums=(0, 4))(
+            setup.bank, state.params, initial, jnp.asarray(structures[picks]), eval_config.horizon
+        )
+        results["figure"] = os.path.splitext(out)[0] + ".png"
+        plots.evaluation_figure(
+            normalization.denormalise(data.states[picks].astype(np.float64)),
+            normalization.denormalise(np.asarray(predicted, np.float64)),
+            np.asarray(entry["map"])[structures[picks]],
+            data.labels[picks],
+            eval_config.obs_frames,
+            results["figure"],
+            system=config.system,
+        )
+    results["wall_seconds"] = time.time() - start
+    checkpoints.write_json_atomic(out, results)
+    results["out"] = out
+    return results
