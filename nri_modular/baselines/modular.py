@@ -3,7 +3,7 @@
 Training is :func:`nri_modular.train.train` with the table's :class:`Config` in the
 method's folder (a finished run is resumed at its last step, i.e. loaded). Evaluation goes
 through the same :func:`base.evaluate_method` as every baseline, doing exactly what
-``train.meta_test`` does: the structure of each test task is annealed on its observed
+``evaluate.meta_test`` does: the structure of each test task is annealed on its observed
 frames with the run's meta-test search settings (``--test_*`` flags) and the module ->
 relation map is chosen on the training tasks' final BounceGrad structures.
 """
