@@ -112,7 +112,6 @@ class Config:
             "test_sa_steps",
             "test_batch_size",
             "obs_frames",
-            "horizon",
             "block_rows",
             "exact_stride",
             "proposal_hidden",
@@ -126,6 +125,7 @@ class Config:
             _check(value > 0, f"{name} must be positive, got {value}")
         _check(self.num_valid >= 0, f"num_valid must be >= 0, got {self.num_valid}")
         _check(self.sa_steps >= 0, f"sa_steps must be >= 0, got {self.sa_steps}")
+        _check(self.horizon >= 0, f"horizon must be >= 0 (0: structures only), got {self.horizon}")
         _check(self.num_particles >= 2, f"num_particles must be >= 2, got {self.num_particles}")
         _check(self.num_modules >= 2, f"num_modules must be >= 2, got {self.num_modules}")
         structure_priors.check_prior(

@@ -275,10 +275,17 @@ def prediction_mse(
     return total / n_tasks, total_scaled / n_tasks
 
 
+def frames_needed(obs_frames: int, horizon: int) -> int:
+    """Frames a task needs for meta-test: ``obs_frames`` searched, then ``horizon`` predicted
+    from frame ``obs_frames`` (its truth: frames ``obs_frames + 1 ..``); ``horizon = 0``
+    scores the structures only (Kipf et al.'s 49-frame valid split)."""
+    return obs_frames + horizon + 1 if horizon else obs_frames
+
+
 def _mse_entries(mse: np.ndarray, suffix: str) -> dict:
     """Results entries of a per-step MSE ``[horizon]``: at 1/10/20 steps and per step."""
     return {
-        f"mse_1{suffix}": float(mse[0]),
+        f"mse_1{suffix}": float(mse[0]) if len(mse) >= 1 else None,
         f"mse_10{suffix}": float(mse[9]) if len(mse) >= 10 else None,
         f"mse_20{suffix}": float(mse[19]) if len(mse) >= 20 else None,
         f"mse_per_step{suffix}": [float(v) for v in mse],
@@ -353,22 +360,24 @@ def meta_test(
         fetch=fetch,
     )
     search_seconds = time.time() - start
-    mse = prediction_mse(
-        bank,
-        state.params,
-        test.states,
-        structures,
-        start_frame=config.obs_frames,
-        horizon=config.horizon,
-        batch_size=config.test_batch_size,
-        block_rows=config.block_rows,
-        edge_compute=config.edge_compute,
-        put=put,
-        fetch=fetch,
-        groups=config.task_shards,
-        dim_scale=dim_scale,
-    )
-    mse, physical = (mse, None) if dim_scale is None else mse
+    mse, physical = np.zeros(0), np.zeros(0)  # horizon 0: the structures only
+    if config.horizon > 0:
+        mse = prediction_mse(
+            bank,
+            state.params,
+            test.states,
+            structures,
+            start_frame=config.obs_frames,
+            horizon=config.horizon,
+            batch_size=config.test_batch_size,
+            block_rows=config.block_rows,
+            edge_compute=config.edge_compute,
+            put=put,
+            fetch=fetch,
+            groups=config.task_shards,
+            dim_scale=dim_scale,
+        )
+        mse, physical = (mse, None) if dim_scale is None else mse
     results = {
         "system": config.system,
         "edge_accuracy": metrics.edge_accuracy(structures, test.labels, mapping),
@@ -380,7 +389,7 @@ def meta_test(
         "num_test_tasks": int(test.states.shape[0]),
         "test_search_seconds": search_seconds,
     }
-    if physical is not None:
+    if dim_scale is not None:
         results.update(_mse_entries(physical, "_physical"))
     if keep_structures:
         results["structures"] = structures

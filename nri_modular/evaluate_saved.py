@@ -159,11 +159,12 @@ def evaluate_run(
         if num_tasks > data.num_tasks:
             raise ValueError(f"num_tasks={num_tasks} but {data_dir} has {data.num_tasks} {split}")
         data = datasets.Split(data.states[:num_tasks], data.labels[:num_tasks])
-    frames_needed = eval_config.obs_frames + eval_config.horizon
-    if data.num_frames <= frames_needed:
+    needed = evaluate.frames_needed(eval_config.obs_frames, eval_config.horizon)
+    if data.num_frames < needed:
         raise ValueError(
-            f"{split} trajectories in {data_dir} have {data.num_frames} frames; need more than "
-            f"obs_frames + horizon = {frames_needed} (set --obs_frames / --horizon)"
+            f"{split} trajectories in {data_dir} have {data.num_frames} frames; obs_frames="
+            f"{eval_config.obs_frames} and horizon={eval_config.horizon} need {needed} "
+            "(--horizon=0 scores edge accuracy only; or set --obs_frames / --horizon)"
         )
     results = evaluate.meta_test(
         eval_config,
@@ -192,7 +193,9 @@ def evaluate_run(
         f"{split}_{os.path.basename(os.path.abspath(data_dir))}_step{step}.json",
     )
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    if num_plots > 0:
+    if num_plots > 0 and eval_config.horizon == 0:
+        logging.info("horizon=0: no prediction, so no figure")
+    elif num_plots > 0:
         picks = np.arange(min(num_plots, data.num_tasks))
         initial = jnp.asarray(data.states[picks, eval_config.obs_frames])
         predicted = jax.jit(gnn.rollout, static_argnums=(0, 4))(

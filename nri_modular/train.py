@@ -174,10 +174,11 @@ def _check_data(config: Config, data) -> None:
     n = config.num_particles
     if train_split.states.shape[2] != n:
         raise ValueError(f"dataset has {train_split.states.shape[2]} particles, config says {n}")
-    if test.states.shape[1] <= config.obs_frames + config.horizon:
+    needed = evaluate.frames_needed(config.obs_frames, config.horizon)
+    if test.states.shape[1] < needed:
         raise ValueError(
-            f"test trajectories have {test.states.shape[1]} frames; need more than "
-            f"obs_frames + horizon = {config.obs_frames + config.horizon}"
+            f"test trajectories have {test.states.shape[1]} frames; obs_frames="
+            f"{config.obs_frames} and horizon={config.horizon} need {needed}"
         )
     if config.uses_proposal_network and train_split.states.shape[1] != config.obs_frames:
         raise ValueError(

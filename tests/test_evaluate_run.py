@@ -84,7 +84,11 @@ def test_evaluation_errors_name_the_problem(trained_workdir, tiny_data_dir, tmp_
         evaluate_saved.evaluate_run(
             trained_workdir, tiny_data_dir, overrides={"test_proposal": "blocked_gibbs"}
         )
-    with pytest.raises(ValueError, match="valid trajectories in .* have 49 frames; need more"):
+    with pytest.raises(
+        ValueError,
+        match=r"valid trajectories in .* have 49 frames; obs_frames=49 and horizon=\d+ need \d+ "
+        r"\(--horizon=0 scores edge accuracy only",
+    ):
         evaluate_saved.evaluate_run(trained_workdir, tiny_data_dir, split="valid")
     with pytest.raises(FileNotFoundError, match="holds no run"):
         evaluate_saved.evaluate_run(str(tmp_path), tiny_data_dir)
@@ -111,6 +115,30 @@ def test_cli_valid_split_with_overrides(trained_workdir, tiny_data_dir, tmp_path
         results = json.load(f)
     assert results["split"] == "valid" and results["num_test_tasks"] == 2
     assert len(results["mse_per_step"]) == 10 and results["mse_10"] is not None
+    # horizon 0 scores the structures only: the same search, so the same edge accuracy,
+    # and it fits the 49-frame valid split at the run's own obs_frames (49).
+    same_search = evaluate_saved.evaluate_run(
+        trained_workdir,
+        tiny_data_dir,
+        split="valid",
+        num_tasks=2,
+        overrides={"obs_frames": 30, "horizon": 0},
+        out=str(tmp_path / "valid_h0.json"),
+        num_plots=0,
+    )
+    assert same_search["edge_accuracy"] == results["edge_accuracy"]
+    assert same_search["mse_1"] is None and same_search["mse_per_step"] == []
+    own_frames = evaluate_saved.evaluate_run(
+        trained_workdir,
+        tiny_data_dir,
+        split="valid",
+        num_tasks=2,
+        overrides={"horizon": 0},
+        out=str(tmp_path / "valid_own.json"),
+        num_plots=2,
+    )
+    assert own_frames["mse_1_physical"] is None and "figure" not in own_frames
+    assert 0.0 <= own_frames["edge_accuracy"] <= 1.0
 
 
 def test_one_rollout_gives_normalised_and_physical_mse(

@@ -55,6 +55,7 @@ FLAG_CASES = [
     ("negative_epochs", ["--num_epochs=-3"], "num_epochs must be positive, got -3"),
     ("zero_batch", ["--batch_size=0"], "batch_size must be positive, got 0"),
     ("negative_sa_steps", ["--sa_steps=-1"], "sa_steps must be >= 0, got -1"),
+    ("negative_horizon", ["--horizon=-1"], "horizon must be >= 0 (0: structures only), got -1"),
     ("bad_layer_sizes", ["--edge_hidden=16,abc"], "layer sizes must be comma-separated"),
     ("mix_out_of_range", ["--uniform_mix=1.5"], "uniform_mix must be in [0, 1], got 1.5"),
     ("one_particle", ["--num_particles=1"], "num_particles must be >= 2, got 1"),
@@ -243,7 +244,9 @@ def test_workdir_is_a_file(tmp_path, tiny_data_dir):
 
 def test_horizon_longer_than_test_trajectories(tmp_path, tiny_data_dir):
     config = flagfile_config(data_dir=tiny_data_dir, horizon=60)
-    with pytest.raises(ValueError, match="test trajectories have 99 frames; need more than"):
+    with pytest.raises(
+        ValueError, match="test trajectories have 99 frames; obs_frames=49 and horizon=60 need 110"
+    ):
         train.train_and_evaluate(config, str(tmp_path / "run"))
 
 
