@@ -122,6 +122,41 @@ def upper_bound_curves(rows: list[dict], path: str, title: str = "") -> None:
     plt.close(fig)
 
 
+def training_curves(runs: dict, path: str, title: str = "") -> None:
+    """Training runs against wall time: the edge accuracy of the training structures that
+    BounceGrad holds, and the training loss (log scale); a run's test edge accuracy, when
+    given, is a star at its end.
+
+    Args:
+      runs: label -> ``{"minutes": [R], "edge_accuracy": [R], "loss": [R]}`` and optionally
+        ``"test_edge_accuracy"`` (fraction).
+      path: the PNG to write.
+    """
+    if not runs:
+        raise ValueError("no runs to draw")
+    plt = _pyplot()
+    fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    for color, (label, run) in enumerate(runs.items()):
+        minutes = np.asarray(run["minutes"], np.float64)
+        acc_ax.plot(minutes, 100 * np.asarray(run["edge_accuracy"]), color=f"C{color}", label=label)
+        loss_ax.plot(minutes, run["loss"], color=f"C{color}", label=label)
+        test = run.get("test_edge_accuracy")
+        if test is not None:
+            acc_ax.plot(minutes[-1], 100 * test, "*", ms=12, color=f"C{color}")
+    acc_ax.set_ylabel("edge accuracy of the training structures (%)\n(star: test, after search)")
+    loss_ax.set_ylabel("training loss")
+    loss_ax.set_yscale("log")
+    for ax in (acc_ax, loss_ax):
+        ax.set_xlabel("training wall time (min)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def data_efficiency_figure(
     sizes, accuracies: dict, path: str, system: str, steps: int | None = None
 ) -> None:

@@ -29,6 +29,56 @@ def truncate_metrics(path: str, last_step: int) -> None:
         f.writelines(lines)
 
 
+def read_metrics(workdir: str) -> list[dict]:
+    """The records of ``<workdir>/metrics.jsonl``, in step order.
+
+    Raises:
+      FileNotFoundError: the run has no metrics file (names it).
+      ValueError: a line is not a JSON record with a ``step``.
+    """
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{workdir} has no {METRICS_FILE}: not a training run's folder?")
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}, line {number}: not JSON ({e.msg})") from e
+            if not isinstance(record, dict) or "step" not in record:
+                raise ValueError(f"{path}, line {number}: a record needs a 'step'")
+            records.append(record)
+    return sorted(records, key=lambda r: r["step"])
+
+
+def training_seconds(records: list[dict], batch_size: int) -> list[float]:
+    """Training wall time at each record, from its window's throughput.
+
+    Each record's ``tasks_per_second`` covers the steps since the previous record (every
+    second of the loop, checkpoints included), so the window lasted
+    ``(step - previous step) * batch_size / tasks_per_second`` seconds; a resumed run's
+    time counts from its restart, not across the gap.
+
+    Args:
+      records: :func:`read_metrics` output.
+
+    Returns:
+      ``[len(records)]`` cumulative seconds.
+    """
+    total, previous, out = 0.0, 0, []
+    for record in records:
+        tps = record.get("tasks_per_second")
+        if tps is None or not tps > 0:
+            raise ValueError(f"record at step {record['step']} has no positive tasks_per_second")
+        total += (record["step"] - previous) * batch_size / tps
+        previous = record["step"]
+        out.append(total)
+    return out
+
+
 def _tensorboard_writer(logdir: str):
     try:
         from tensorboardX import SummaryWriter
