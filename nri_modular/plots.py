@@ -24,6 +24,15 @@ def _pyplot():
     return plt
 
 
+def _save(fig, path: str, title: str = "", dpi: int = 100) -> None:
+    """Titles (when given), lays out, writes ``path`` and closes ``fig``."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    _pyplot().close(fig)
+
+
 def hidden_node_figure(systems, inferred: np.ndarray, mse: np.ndarray, path: str) -> None:
     """Figure-4-style PNG: observed paths, the true hidden path and ours, for 3 systems.
 
@@ -62,10 +71,8 @@ def hidden_node_figure(systems, inferred: np.ndarray, mse: np.ndarray, path: str
         ax.set_xlabel("x (normalised)")
         ax.set_ylabel("y (normalised)")
     np.atleast_1d(axes)[0].legend(fontsize=8, loc="best")
-    fig.suptitle("Hidden particle inferred from the others (o: frame 0; true dashed, ours red)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    title = "Hidden particle inferred from the others (o: frame 0; true dashed, ours red)"
+    _save(fig, path, title, dpi=110)
 
 
 def upper_bound_curves(rows: list[dict], path: str, title: str = "") -> None:
@@ -115,11 +122,7 @@ def upper_bound_curves(rows: list[dict], path: str, title: str = "") -> None:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path, title)
 
 
 def training_curves(runs: dict, path: str, title: str = "") -> None:
@@ -150,11 +153,7 @@ def training_curves(runs: dict, path: str, title: str = "") -> None:
         ax.set_xlabel("training wall time (min)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path, title)
 
 
 def data_efficiency_figure(
@@ -184,9 +183,7 @@ def data_efficiency_figure(
     ax.set_title(f"{system}" + (f", {steps} gradient steps per point" if steps else ""))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def evaluation_figure(
@@ -260,10 +257,8 @@ def evaluation_figure(
     axes[0, 0].plot([], [], "k--", label="true continuation")
     axes[0, 0].plot([], [], "k:", label=f"predicted ({h} steps)")
     axes[0, 0].legend(loc="best", fontsize=8)
-    fig.suptitle(
+    title = (
         f"{system}: paths (top); graph (bottom): dark blue = inferred relation 1 "
         "(spring / like charges), orange o = true relation 1, red x = wrong"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    _save(fig, path, title, dpi=90)
