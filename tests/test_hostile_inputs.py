@@ -235,6 +235,15 @@ def test_workdir_parent_missing(tmp_path, tiny_data_dir):
         train.train_and_evaluate(flagfile_config(data_dir=tiny_data_dir), workdir)
 
 
+@pytest.mark.parametrize("target", ["loop", "nowhere"])
+def test_data_dir_symlink_to_nothing(tmp_path, target):
+    link = tmp_path / "data"
+    link.symlink_to(tmp_path / ("data" if target == "loop" else "nowhere"))
+    with pytest.raises(NotADirectoryError, match="is a symlink to nothing"):
+        train.train_and_evaluate(flagfile_config(data_dir=str(link)), str(tmp_path / "run"))
+    assert link.is_symlink() and not (tmp_path / "nowhere").exists()  # nothing created
+
+
 def test_workdir_is_a_file(tmp_path, tiny_data_dir):
     path = tmp_path / "run"
     path.write_text("not a directory")

@@ -669,7 +669,12 @@ def check_writable(data_dir: str) -> None:
 
     Raises:
       ValueError: naming the folder and what it holds.
+      NotADirectoryError: ``data_dir`` is a file, or a link to nothing (a dangling or
+        looping symlink).
     """
+    if os.path.lexists(data_dir) and not os.path.isdir(data_dir):
+        what = "a symlink to nothing" if os.path.islink(data_dir) else "not a directory"
+        raise NotADirectoryError(f"data_dir {data_dir!r} is {what}: cannot write a dataset there")
     held = folder_datasets(data_dir)
     foreign = {key: entry for key, entry in held.items() if not entry["ours"]}
     if foreign:
