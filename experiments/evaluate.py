@@ -30,7 +30,14 @@ _TEST_T_START = flags.DEFINE_float("test_t_start", None, "Initial temperature.")
 _TEST_T_END = flags.DEFINE_float("test_t_end", None, "Final temperature.")
 _TEST_BATCH_SIZE = flags.DEFINE_integer("test_batch_size", None, "Systems searched together.")
 _OBS_FRAMES = flags.DEFINE_integer("obs_frames", None, "Frames the search sees.")
-_HORIZON = flags.DEFINE_integer("horizon", None, "Prediction steps scored.")
+_HORIZON = flags.DEFINE_integer("horizon", None, "Prediction steps scored (0: structures only).")
+# Structure priors at meta-test only (beyond the paper; the modules stay the run's own).
+_SYMMETRIC = flags.DEFINE_bool(
+    "symmetric_structure", None, "Search symmetric structures (j->i and i->j share a module)."
+)
+_NODE_TYPES = flags.DEFINE_integer(
+    "node_types", None, "Search per-node types (same type -> module 1); 0: off."
+)
 
 
 def main(argv):
@@ -50,6 +57,8 @@ def main(argv):
             _TEST_BATCH_SIZE,
             _OBS_FRAMES,
             _HORIZON,
+            _SYMMETRIC,
+            _NODE_TYPES,
         )
         if f.value is not None
     }

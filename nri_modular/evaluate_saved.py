@@ -36,6 +36,9 @@ EVAL_OVERRIDES = (
     "test_batch_size",
     "obs_frames",
     "horizon",
+    # Structure priors at meta-test only (the modules stay the run's own).
+    "symmetric_structure",
+    "node_types",
 )
 
 
@@ -150,6 +153,12 @@ def evaluate_run(
         raise ValueError(
             f"{workdir}: no module -> relation map was saved for step {step} (saved for "
             f"steps {sorted(meta['module_to_relation'], key=int)})"
+        )
+    if eval_config.node_types and int(entry["map"][1]) != 1:
+        raise ValueError(
+            "the node-type prior gives same-type pairs module 1 (relation 1: like charges), "
+            f"but this run's module 1 stands for relation {entry['map'][1]} (map "
+            f"{entry['map']}); its modules cannot be searched with node types as they are"
         )
     normalization = datasets.Normalization.from_dict(meta["normalization"])
     data = datasets.load_dataset(

@@ -7,11 +7,12 @@ import shutil
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import REPO
 
-from nri_modular import evaluate, evaluate_saved
+from nri_modular import evaluate, evaluate_saved, structure_priors
 from nri_modular.data import datasets
 
 SAME_AS_RESULTS = (
@@ -198,3 +199,47 @@ def test_one_rollout_gives_normalised_and_physical_mse(
     np.testing.assert_allclose(results["mse_per_step_physical"], physical, rtol=1e-4)
     assert results["mse_1_physical"] == results["mse_per_step_physical"][0]
     assert not np.allclose(physical, normalised, rtol=0.1)  # the scale is not 1
+
+
+def test_structure_priors_at_meta_test(trained_workdir, tiny_data_dir, tmp_path, monkeypatch):
+    """--symmetric_structure / --node_types change only the search: every searched structure
+    satisfies the prior; node types need the run's module 1 to stand for relation 1."""
+    searched = []
+    meta_test = evaluate.meta_test
+
+    def keep(*args, **kwargs):
+        results = meta_test(*args, **kwargs)
+        searched.append(np.array(results["structures"]))
+        return results
+
+    monkeypatch.setattr(evaluate, "meta_test", keep)
+    run = str(tmp_path / "run")
+    shutil.copytree(trained_workdir, run)
+    n = 4
+    common = dict(split="valid", num_tasks=4, num_plots=0)
+    h0 = {"horizon": 0}
+    evaluate_saved.evaluate_run(
+        run, tiny_data_dir, overrides={**h0, "symmetric_structure": True}, **common
+    )
+    assert bool(np.all(structure_priors.is_symmetric(jnp.asarray(searched[-1]), n)))
+    meta_path = os.path.join(run, "run.json")
+    with open(meta_path, encoding="utf-8") as f:
+        meta = json.load(f)
+    for mapping in ([0, 1], [1, 0]):
+        for entry in meta["module_to_relation"].values():
+            entry["map"] = mapping
+        with open(meta_path, "w", encoding="utf-8") as f:
+            json.dump(meta, f)
+        if mapping == [1, 0]:
+            with pytest.raises(ValueError, match="module 1 stands for relation 0"):
+                evaluate_saved.evaluate_run(
+                    run, tiny_data_dir, overrides={**h0, "node_types": 2}, **common
+                )
+            continue
+        results = evaluate_saved.evaluate_run(
+            run, tiny_data_dir, overrides={**h0, "node_types": 2}, **common
+        )
+        assert results["overrides"]["node_types"] == 2
+        is_types = structure_priors.is_type_structure(jnp.asarray(searched[-1]), n, 2)
+        assert bool(np.all(is_types))
+    assert len(searched) == 2
