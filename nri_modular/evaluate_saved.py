@@ -154,7 +154,9 @@ def evaluate_run(
             f"{workdir}: no module -> relation map was saved for step {step} (saved for "
             f"steps {sorted(meta['module_to_relation'], key=int)})"
         )
-    if eval_config.node_types and int(entry["map"][1]) != 1:
+    # A run trained with node types follows the prior's convention whatever its map says;
+    # modules trained without it can be searched with it only if module 1 is relation 1.
+    if eval_config.node_types and not config.node_types and int(entry["map"][1]) != 1:
         raise ValueError(
             "the node-type prior gives same-type pairs module 1 (relation 1: like charges), "
             f"but this run's module 1 stands for relation {entry['map'][1]} (map "

@@ -235,6 +235,15 @@ def test_structure_priors_at_meta_test(trained_workdir, tiny_data_dir, tmp_path,
                 evaluate_saved.evaluate_run(
                     run, tiny_data_dir, overrides={**h0, "node_types": 2}, **common
                 )
+            # A run trained with node types is searched with them whatever its map says.
+            trained_with_types = str(tmp_path / "typed_run")
+            shutil.copytree(run, trained_with_types)
+            typed_meta = json.loads(json.dumps(meta))
+            typed_meta["config"]["node_types"] = 2
+            with open(os.path.join(trained_with_types, "run.json"), "w", encoding="utf-8") as f:
+                json.dump(typed_meta, f)
+            evaluate_saved.evaluate_run(trained_with_types, tiny_data_dir, overrides=h0, **common)
+            assert bool(np.all(structure_priors.is_type_structure(jnp.asarray(searched[-1]), n, 2)))
             continue
         results = evaluate_saved.evaluate_run(
             run, tiny_data_dir, overrides={**h0, "node_types": 2}, **common
@@ -242,4 +251,4 @@ def test_structure_priors_at_meta_test(trained_workdir, tiny_data_dir, tmp_path,
         assert results["overrides"]["node_types"] == 2
         is_types = structure_priors.is_type_structure(jnp.asarray(searched[-1]), n, 2)
         assert bool(np.all(is_types))
-    assert len(searched) == 2
+    assert len(searched) == 3
