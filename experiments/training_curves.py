@@ -3,12 +3,13 @@
   python experiments/training_curves.py --workdirs=runs/charged_cpu,runs/springs_cpu \
       --out=docs/training_curves_cpu.png
 
-Reads each run's ``metrics.jsonl`` (one record per logged step), its ``run.json`` (the
-batch size) and, when the run has finished, its ``results.json``; prints, per run, the edge
-accuracy of the training structures BounceGrad holds and the training loss at evenly spaced
-points of training wall time, how much the accuracy still rose over the last fifth of
-training (where the curve flattens), and the test edge accuracy; ``--out`` draws both
-curves against wall time (a star: the test accuracy). Nothing is trained or evaluated.
+Reads each run's ``metrics.jsonl`` (one record per logged step), its config (``run.json`` or
+an older run's ``config.json``: the batch size) and, when the run has finished, its
+``results.json``; prints, per run, the edge accuracy of the training structures BounceGrad
+holds and the training loss at evenly spaced points of training wall time, how much the
+accuracy still rose over the last fifth of training (where the curve flattens), and the test
+edge accuracy; ``--out`` draws both curves against wall time (a star: the test accuracy).
+Nothing is trained or evaluated.
 """
 
 from __future__ import annotations
@@ -30,12 +31,10 @@ def run_curve(workdir: str) -> dict:
     Raises:
       FileNotFoundError / ValueError: not a run's folder, or unreadable records (named).
     """
-    from nri_modular import checkpoints, writers
+    from nri_modular import evaluate_saved, writers
 
-    meta = checkpoints.read_run_meta(workdir)
-    if meta is None:
-        raise FileNotFoundError(f"{workdir} has no {checkpoints.RUN_META}: not a training run")
-    batch_size = int(meta["config"]["batch_size"])
+    config, _ = evaluate_saved.run_config(workdir)
+    batch_size = config.batch_size
     records = writers.read_metrics(workdir)
     if not records:
         raise ValueError(f"{workdir}: {writers.METRICS_FILE} holds no record yet")

@@ -86,6 +86,7 @@ def test_cli_on_a_trained_run(trained_workdir, tmp_path, subprocess_env):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"test edge accuracy {100 * results['edge_accuracy']:.2f}%" in proc.stdout
+    curve = tc.run_curve(run)
     with open(out, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     bad = subprocess.run(
@@ -96,6 +97,8 @@ def test_cli_on_a_trained_run(trained_workdir, tmp_path, subprocess_env):
         timeout=300,
     )
     assert bad.returncode != 0 and "--out must name a .png file" in bad.stderr
-    os.remove(os.path.join(run, "run.json"))
-    with pytest.raises(FileNotFoundError, match="has no run.json"):
+    os.remove(os.path.join(run, "run.json"))  # an older run: its config.json still serves
+    assert tc.run_curve(run)["minutes"] == curve["minutes"]
+    os.remove(os.path.join(run, "config.json"))
+    with pytest.raises(FileNotFoundError, match="holds no run: neither run.json nor config.json"):
         tc.run_curve(run)
