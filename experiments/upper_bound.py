@@ -114,7 +114,7 @@ def _one_step_errors(bank):
 
 
 @functools.cache
-def _exact_best(bank, n: int):
+def _exact_best(bank, n: int, huber_delta: float | None):
     """Jitted ``(params, states [B, T, n, 4]) -> [B, E]`` exact one-step optimum."""
     from nri_modular import gnn
     from nri_modular import structure as structure_lib
@@ -122,7 +122,7 @@ def _exact_best(bank, n: int):
     configs = jnp.asarray(structure_lib.incoming_configs(n, bank.num_modules))
 
     def best(params, states):
-        scores = gnn.incoming_config_losses(bank, params, states, configs)
+        scores = gnn.incoming_config_losses(bank, params, states, configs, huber_delta=huber_delta)
         return structure_lib.exact_best_structure(scores, n, bank.num_modules)
 
     return jax.jit(best)
@@ -144,18 +144,21 @@ def one_step_mse(bank, params, states: np.ndarray, structures: np.ndarray, batch
     return total / states.shape[0]
 
 
-def exact_init_structures(bank, params, states: np.ndarray, batch_size: int) -> np.ndarray:
+def exact_init_structures(
+    bank, params, states: np.ndarray, batch_size: int, huber_delta: float | None = None
+) -> np.ndarray:
     """The exact argmin of the one-step loss (meta-test search's starting point), per task.
 
     Args:
       states: ``[N, T, n, 4]``.
+      huber_delta: the loss's penalty (``None``: squared error; see ``gnn.penalty``).
 
     Returns:
       int32 ``[N, n(n-1)]``.
     """
     from nri_modular.data import batching
 
-    best = _exact_best(bank, states.shape[2])
+    best = _exact_best(bank, states.shape[2], huber_delta)
     out = [
         np.asarray(best(params, jnp.asarray(states[idx])))[:valid]
         for idx, valid in batching.padded_batches(states.shape[0], batch_size)
@@ -179,12 +182,11 @@ def score_valid(
     observed = states[:, : config.obs_frames]
     start = time.time()
     b = min(config.test_batch_size, num_tasks)
-    init = exact_init_structures(bank, params, observed, b)
+    search_config = evaluate.search_config(config)
+    init = exact_init_structures(bank, params, observed, b, search_config.huber_delta)
     accuracy = mse_searched = float("nan")
     if search:
-        structures, _ = nm.search_structures(
-            bank, params, observed, key, evaluate.search_config(config)
-        )
+        structures, _ = nm.search_structures(bank, params, observed, key, search_config)
         accuracy = nm.edge_accuracy(structures, labels, mapping)
         mse_searched = one_step_mse(bank, params, states, structures, b)
     true_structures = label_structures(labels, mapping)

@@ -52,7 +52,8 @@ class BounceGradConfig:
       loss, huber_delta: the training loss per predicted coordinate (also the annealing
         energy of training): ``"mse"`` (squared error, the paper's) or ``"huber"``
         (:func:`huber_rollout_loss`: rare large errors, such as close encounters of
-        charged particles, weigh less). Exact moves still score settings by one-step MSE.
+        charged particles, weigh less). Exact moves score settings by the one-step version
+        of the same penalty.
       task_shards: ``V`` virtual shards of the training tasks (see
         :func:`nri_modular.data.batching.task_batches`): slice ``v`` of every batch holds
         only tasks of block ``v`` of ``TrainState.structures``, so the step reads and
@@ -96,7 +97,7 @@ def huber_rollout_loss(
     """Per-task Huber error of ``p``-step rollouts (``gnn.rollout_loss`` with another penalty).
 
     Each coordinate's error ``e`` costs ``e**2`` if ``|e| <= delta``, else
-    ``2 * delta * |e| - delta**2`` (the same value and slope at ``delta``, linear beyond).
+    ``2 * delta * |e| - delta**2`` (:func:`nri_modular.gnn.penalty`).
 
     Args:
       states: ``[B, T, n, state_dim]``; structure: int32 ``[B, n(n-1)]``.
@@ -106,13 +107,16 @@ def huber_rollout_loss(
     Returns:
       ``[B]`` mean over predicted frames, particles and state dims.
     """
-    preds, targets, mask = gnn.rollout_predictions(
-        bank, params, states, structure, p, **rollout_kwargs
-    )
-    err = jnp.abs(preds - targets)
-    cost = jnp.where(err <= delta, jnp.square(err), 2 * delta * err - delta**2)
-    per_step = cost.mean(axis=(-1, -2))  # [B, C, p]
-    return (per_step * mask[None]).sum(axis=(1, 2)) / mask.sum()
+    return gnn.rollout_loss(bank, params, states, structure, p, huber_delta=delta, **rollout_kwargs)
+
+
+def loss_delta(loss: str, huber_delta: float) -> float | None:
+    """The ``huber_delta`` argument of the ``gnn`` losses for a run's ``loss`` kind."""
+    if loss not in LOSS_KINDS:
+        raise ValueError(f"unknown loss {loss!r}; expected one of {LOSS_KINDS}")
+    if not huber_delta > 0:
+        raise ValueError(f"huber_delta must be positive, got {huber_delta}")
+    return huber_delta if loss == "huber" else None
 
 
 def gather_tasks(table: jax.Array, task_ids: jax.Array, shards: int = 1) -> jax.Array:
@@ -275,20 +279,15 @@ def make_bouncegrad_step(
     if config.sa_steps < 0:
         raise ValueError(f"sa_steps must be >= 0, got {config.sa_steps}")
 
-    if config.loss not in LOSS_KINDS:
-        raise ValueError(f"unknown loss {config.loss!r}; expected one of {LOSS_KINDS}")
-    if not config.huber_delta > 0:
-        raise ValueError(f"huber_delta must be positive, got {config.huber_delta}")
+    delta = loss_delta(config.loss, config.huber_delta)
     layout = dict(
         block_rows=config.block_rows, edge_compute=config.edge_compute, groups=config.task_shards
     )
 
     def loss_fn(params, states, structure):
-        if config.loss == "huber":
-            return huber_rollout_loss(
-                bank, params, states, structure, config.p, config.huber_delta, **layout
-            )
-        return gnn.rollout_loss(bank, params, states, structure, config.p, **layout)
+        return gnn.rollout_loss(
+            bank, params, states, structure, config.p, huber_delta=delta, **layout
+        )
 
     def step(state: TrainState, batch: Batch):
         key = jax.random.fold_in(state.rng, state.step)
@@ -312,6 +311,7 @@ def make_bouncegrad_step(
                 configs,
                 config.exact_stride,
                 groups=config.task_shards,
+                huber_delta=delta,
             )
 
         # 1. Simulated annealing on the structures, weights fixed.

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from nri_modular import annealing, distributed, gnn, metrics, structure_priors
+from nri_modular import annealing, bouncegrad, distributed, gnn, metrics, structure_priors
 from nri_modular import structure as structure_lib
 from nri_modular.config import Config
 from nri_modular.data import batching, datasets
@@ -50,6 +50,9 @@ class SearchConfig:
         :func:`nri_modular.structure_priors.make_prior_move`, start of
         :func:`nri_modular.structure_priors.prior_initial_structure` (with few node-type
         structures: the exact optimum of the energy over all of them).
+      huber_delta: the energy's penalty (:func:`nri_modular.gnn.penalty`): ``None``
+        squared error, else Huber; a run's own (:func:`search_config`) is its training
+        loss, so meta-test anneals the energy that training annealed.
     """
 
     num_steps: int = 200
@@ -65,6 +68,7 @@ class SearchConfig:
     groups: int = 1
     symmetric_structure: bool = False
     node_types: int = 0
+    huber_delta: float | None = None
 
 
 def search_config(config: Config) -> SearchConfig:
@@ -83,6 +87,7 @@ def search_config(config: Config) -> SearchConfig:
         groups=config.task_shards,
         symmetric_structure=config.symmetric_structure,
         node_types=config.node_types,
+        huber_delta=bouncegrad.loss_delta(config.loss, config.huber_delta),
     )
 
 
@@ -102,6 +107,7 @@ def _search_batch(bank, params, states, key, config, num_nodes, proposal_params,
             block_rows=config.block_rows,
             edge_compute=config.edge_compute,
             groups=config.groups,
+            huber_delta=config.huber_delta,
         )
 
     k_init, k_anneal = jax.random.split(key)
@@ -110,7 +116,13 @@ def _search_batch(bank, params, states, key, config, num_nodes, proposal_params,
     if configs_used:
         configs = jnp.asarray(structure_lib.incoming_configs(num_nodes, bank.num_modules))
         logits = gnn.incoming_config_losses(
-            bank, params, states, configs, config.exact_stride, groups=config.groups
+            bank,
+            params,
+            states,
+            configs,
+            config.exact_stride,
+            groups=config.groups,
+            huber_delta=config.huber_delta,
         )
         init = structure_lib.exact_best_structure(logits, num_nodes, bank.num_modules)
     elif proposal_apply is not None:

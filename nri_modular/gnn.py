@@ -285,6 +285,7 @@ def rollout_loss(
     block_rows: int = 512,
     edge_compute: str = "blocked",
     groups: int = 1,
+    huber_delta: float | None = None,
 ) -> jax.Array:
     """Per-task MSE of ``p``-step rollouts (the energy of a structure).
 
@@ -292,9 +293,11 @@ def rollout_loss(
       states: ``[B, T, n, state_dim]``.
       structure: int32 ``[B, n(n-1)]``.
       groups: as in :func:`rollout` (must divide ``B``).
+      huber_delta: ``None``: squared error; else the Huber penalty of :func:`penalty`.
 
     Returns:
-      ``[B]`` mean squared error over predicted frames, particles and state dims.
+      ``[B]`` mean penalty (squared error by default) over predicted frames, particles
+      and state dims.
     """
     preds, targets, mask = rollout_predictions(
         bank,
@@ -306,8 +309,21 @@ def rollout_loss(
         edge_compute=edge_compute,
         groups=groups,
     )
-    sq = jnp.square(preds - targets).mean(axis=(-1, -2))  # [B, C, p]
-    return (sq * mask[None]).sum(axis=(1, 2)) / mask.sum()
+    per_step = penalty(preds - targets, huber_delta).mean(axis=(-1, -2))  # [B, C, p]
+    return (per_step * mask[None]).sum(axis=(1, 2)) / mask.sum()
+
+
+def penalty(err: jax.Array, huber_delta: float | None = None) -> jax.Array:
+    """Cost of each prediction error (any shape): ``err**2``, or Huber with ``huber_delta``.
+
+    Huber: ``e**2`` if ``|e| <= delta``, else ``2 * delta * |e| - delta**2`` (the same
+    value and slope at ``delta``, linear beyond), so rare large errors (close encounters
+    of charged particles) weigh less. ``delta`` is in normalised units.
+    """
+    if huber_delta is None:
+        return jnp.square(err)
+    a = jnp.abs(err)
+    return jnp.where(a <= huber_delta, jnp.square(a), 2 * huber_delta * a - huber_delta**2)
 
 
 def rollout_flops(bank: ModuleBank, num_tasks: int, num_frames: int, n: int, p: int) -> int:
@@ -360,6 +376,7 @@ def incoming_config_losses(
     stride: int = 1,
     chunk_rows: int = 512,
     groups: int = 1,
+    huber_delta: float | None = None,
 ) -> jax.Array:
     """One-step (teacher-forced) loss of node ``i`` for every setting of its incoming edges.
 
@@ -383,9 +400,11 @@ def incoming_config_losses(
       groups: compute each of ``groups`` consecutive sets of tasks on its own (batched
         over a leading group axis; must divide ``B``): the same scores, and device-local
         when the groups are split over devices (see :func:`make_layout`).
+      huber_delta: ``None``: squared error; else the Huber penalty of :func:`penalty`.
 
     Returns:
-      ``[B, n, C]`` mean squared one-step error of node ``i`` under setting ``c``.
+      ``[B, n, C]`` mean one-step penalty (squared error by default) of node ``i`` under
+      setting ``c``.
     """
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}")
@@ -398,7 +417,9 @@ def incoming_config_losses(
         # group keep the cache-sized working set (and the padding per group small).
         inner = 0 if chunk_rows == 0 else max(1, chunk_rows // groups)
         per_group = jax.vmap(
-            lambda s: incoming_config_losses(bank, params, s, configs, stride, inner)
+            lambda s: incoming_config_losses(
+                bank, params, s, configs, stride, inner, huber_delta=huber_delta
+            )
         )(states.reshape(groups, b // groups, *states.shape[1:]))
         return per_group.reshape(b, *per_group.shape[2:])
     receivers, senders = graph_lib.edge_index(n)
@@ -418,11 +439,11 @@ def incoming_config_losses(
     base = node_states @ w_state + bias[None]  # [rows, F]
     target = following.reshape(rows, d)
 
-    def errors(chunk):  # [r, ...] rows -> [C, r] squared one-step error per setting
+    def errors(chunk):  # [r, ...] rows -> [C, r] one-step penalty per setting
         p, bs, s, y = chunk
         pre = (onehot @ jnp.moveaxis(p, 1, 0).reshape(m, -1)).reshape(-1, *bs.shape)
         pred = s[None] + bank.apply_node_rest(params["node"], pre + bs[None])
-        return jnp.square(pred - y[None]).mean(axis=-1)
+        return penalty(pred - y[None], huber_delta).mean(axis=-1)
 
     chunk = rows if chunk_rows == 0 else min(chunk_rows, rows)
     num_chunks = -(-rows // chunk)

@@ -124,3 +124,25 @@ def test_block_local_task_gather_and_scatter_equal_global_indexing():
         )
     with pytest.raises(ValueError, match="task_shards=5 must divide the 24 tasks"):
         bouncegrad.gather_tasks(table, jnp.zeros(5, jnp.int32), 5)
+
+
+def test_meta_test_anneals_the_training_loss():
+    """A run trained with the Huber loss searches with the Huber energy (rollout and exact
+    scores); an MSE run with the squared error."""
+    from nri_modular.config import Config
+
+    assert evaluate.search_config(Config(loss="huber", huber_delta=0.02)).huber_delta == 0.02
+    assert evaluate.search_config(Config(loss="mse")).huber_delta is None
+    bank, teacher, planted, states = _teacher_problem()
+    noisy = states + np.random.default_rng(0).normal(0, 0.05, states.shape).astype(np.float32)
+    energies = {}
+    for delta in (None, 0.01):
+        cfg = evaluate.SearchConfig(
+            num_steps=5, p=5, batch_size=16, proposal="exact_local", huber_delta=delta
+        )
+        found, energies[delta] = evaluate.search_structures(
+            bank, teacher, noisy, jax.random.PRNGKey(3), cfg
+        )
+        own = gnn.rollout_loss(bank, teacher, jnp.asarray(noisy), found, 5, huber_delta=delta)
+        np.testing.assert_allclose(energies[delta], np.asarray(own), rtol=1e-5)
+    assert np.all(energies[0.01] < 0.9 * energies[None])

@@ -106,12 +106,15 @@ def test_rollout_loss_masks_frames_past_the_end(model):
     np.testing.assert_allclose(np.asarray(loss), manual, rtol=1e-5)
 
 
-def test_incoming_config_losses_decompose_the_one_step_loss(model):
+@pytest.mark.parametrize("huber_delta", [None, 0.05])
+def test_incoming_config_losses_decompose_the_one_step_loss(model, huber_delta):
     bank, params = model
     states = _states(10, 2, t=5)
     st = _structure(11, 2)
     configs = structure_lib.incoming_configs(N, 3)
-    scores = gnn.incoming_config_losses(bank, params, states, jnp.asarray(configs))
+    scores = gnn.incoming_config_losses(
+        bank, params, states, jnp.asarray(configs), huber_delta=huber_delta
+    )
     chex.assert_shape(scores, (2, N, 3 ** (N - 1)))
     # The score of the structure's own setting, summed over nodes, is the one-step loss.
     own = np.asarray(st).reshape(2, N, N - 1)
@@ -120,8 +123,11 @@ def test_incoming_config_losses_decompose_the_one_step_loss(model):
     for b in range(2):
         for i in range(N):
             total[b] += np.asarray(scores)[b, i, index[tuple(own[b, i])]]
-    loss = gnn.rollout_loss(bank, params, states, st, p=1)
+    loss = gnn.rollout_loss(bank, params, states, st, p=1, huber_delta=huber_delta)
     np.testing.assert_allclose(total / N, np.asarray(loss), rtol=1e-4)
+    if huber_delta is not None:  # the penalty is Huber's, not the squared error
+        mse = gnn.rollout_loss(bank, params, states, st, p=1)
+        assert np.all(np.asarray(loss) < 0.9 * np.asarray(mse))
 
 
 def test_bad_structure_shape_is_an_error(model):
