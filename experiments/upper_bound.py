@@ -1,6 +1,6 @@
 """What caps edge accuracy at a budget: modules trained on the TRUE relations, then searched.
 
-  python experiments/upper_bound.py --flagfile=experiments/flags/charged_demo.flags \
+  python experiments/upper_bound.py --flagfile=experiments/flags/charged_2k.flags \
       --data_dir=runs/charged_ub_data --num_valid=500 --max_seconds=300 --workdir=runs/ub
 
 (its own ``--data_dir``: another ``num_valid`` than the demo's would be another dataset).
