@@ -114,18 +114,11 @@ def _one_step_errors(bank):
 
 
 @functools.cache
-def _exact_best(bank, n: int, huber_delta: float | None):
-    """Jitted ``(params, states [B, T, n, 4]) -> [B, E]`` exact one-step optimum."""
-    from nri_modular import gnn
-    from nri_modular import structure as structure_lib
+def _exact_best(bank, config):
+    """Jitted ``(params, states [B, T, n, 4]) -> [B, E]``: meta-test search's exact start."""
+    from nri_modular import evaluate
 
-    configs = jnp.asarray(structure_lib.incoming_configs(n, bank.num_modules))
-
-    def best(params, states):
-        scores = gnn.incoming_config_losses(bank, params, states, configs, huber_delta=huber_delta)
-        return structure_lib.exact_best_structure(scores, n, bank.num_modules)
-
-    return jax.jit(best)
+    return jax.jit(lambda params, states: evaluate.exact_scores(bank, params, states, config)[1])
 
 
 def one_step_mse(bank, params, states: np.ndarray, structures: np.ndarray, batch_size: int):
@@ -145,20 +138,24 @@ def one_step_mse(bank, params, states: np.ndarray, structures: np.ndarray, batch
 
 
 def exact_init_structures(
-    bank, params, states: np.ndarray, batch_size: int, huber_delta: float | None = None
+    bank, params, states: np.ndarray, batch_size: int, search_config=None
 ) -> np.ndarray:
     """The exact argmin of the one-step loss (meta-test search's starting point), per task.
 
     Args:
       states: ``[N, T, n, 4]``.
-      huber_delta: the loss's penalty (``None``: squared error; see ``gnn.penalty``).
+      search_config: the meta-test ``evaluate.SearchConfig`` (its energy's penalty;
+        default: squared error).
 
     Returns:
       int32 ``[N, n(n-1)]``.
     """
+    from nri_modular import evaluate
     from nri_modular.data import batching
 
-    best = _exact_best(bank, states.shape[2], huber_delta)
+    # The same scores on one device for any batch (groups only splits the work).
+    config = dataclasses.replace(search_config or evaluate.SearchConfig(), groups=1)
+    best = _exact_best(bank, config)
     out = [
         np.asarray(best(params, jnp.asarray(states[idx])))[:valid]
         for idx, valid in batching.padded_batches(states.shape[0], batch_size)
@@ -183,7 +180,7 @@ def score_valid(
     start = time.time()
     b = min(config.test_batch_size, num_tasks)
     search_config = evaluate.search_config(config)
-    init = exact_init_structures(bank, params, observed, b, search_config.huber_delta)
+    init = exact_init_structures(bank, params, observed, b, search_config)
     accuracy = mse_searched = float("nan")
     if search:
         structures, _ = nm.search_structures(bank, params, observed, key, search_config)

@@ -91,6 +91,31 @@ def search_config(config: Config) -> SearchConfig:
     )
 
 
+def exact_scores(bank: ModuleBank, params: Params, states: jax.Array, config: SearchConfig):
+    """Exact local moves' scores and the exact one-step optimum search starts from.
+
+    Args:
+      states: ``[B, T, n, 4]`` observed frames.
+      config: its ``exact_stride``, ``groups`` and ``huber_delta`` (the energy's penalty).
+
+    Returns:
+      ``(scores [B, n, K^(n-1)], structure int32 [B, n(n-1)])``: every setting's one-step
+      penalty per node (:func:`nri_modular.gnn.incoming_config_losses`) and its argmin.
+    """
+    n = states.shape[2]
+    configs = jnp.asarray(structure_lib.incoming_configs(n, bank.num_modules))
+    scores = gnn.incoming_config_losses(
+        bank,
+        params,
+        states,
+        configs,
+        config.exact_stride,
+        groups=config.groups,
+        huber_delta=config.huber_delta,
+    )
+    return scores, structure_lib.exact_best_structure(scores, n, bank.num_modules)
+
+
 @functools.partial(jax.jit, static_argnames=("bank", "config", "num_nodes", "proposal_apply"))
 def _search_batch(bank, params, states, key, config, num_nodes, proposal_params, proposal_apply):
     proposal_fn = structure_lib.make_move(
@@ -114,17 +139,7 @@ def _search_batch(bank, params, states, key, config, num_nodes, proposal_params,
     logits = None
     configs_used = config.proposal in structure_lib.EXACT_KINDS
     if configs_used:
-        configs = jnp.asarray(structure_lib.incoming_configs(num_nodes, bank.num_modules))
-        logits = gnn.incoming_config_losses(
-            bank,
-            params,
-            states,
-            configs,
-            config.exact_stride,
-            groups=config.groups,
-            huber_delta=config.huber_delta,
-        )
-        init = structure_lib.exact_best_structure(logits, num_nodes, bank.num_modules)
+        logits, init = exact_scores(bank, params, states, config)
     elif proposal_apply is not None:
         logits = proposal_apply(proposal_params, states)
         init = jnp.argmax(logits, axis=-1).astype(jnp.int32)
