@@ -106,11 +106,9 @@ def _one_step_errors(bank):
     """Jitted ``(params, states [B, T, n, 4], structures [B, E]) -> [B]`` one-step MSEs."""
     from nri_modular import gnn
 
-    def per_task(params, states, structures):
-        preds, targets, _ = gnn.rollout_predictions(bank, params, states, structures, 1)
-        return jnp.square(preds - targets).mean(axis=(1, 2, 3, 4))
-
-    return jax.jit(per_task)
+    return jax.jit(
+        lambda params, states, structures: gnn.rollout_loss(bank, params, states, structures, 1)
+    )
 
 
 @functools.cache
