@@ -43,8 +43,14 @@ def write_text_atomic(path: str, text: str) -> None:
 
 
 def write_json_atomic(path: str, obj: Any, indent: int = 2) -> None:
-    """Writes ``obj`` as JSON to ``path`` atomically."""
-    write_atomic(path, lambda f: json.dump(obj, f, indent=indent))
+    """Writes ``obj`` as strict JSON to ``path`` atomically.
+
+    Raises:
+      ValueError: ``obj`` holds NaN or infinity (not JSON: every file we write parses in
+        any JSON reader); nothing is written.
+    """
+    text = json.dumps(obj, indent=indent, allow_nan=False)
+    write_atomic(path, lambda f: f.write(text))
 
 
 def save_npy_atomic(path: str, array: np.ndarray) -> None:

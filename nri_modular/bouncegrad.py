@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import optax
 
 from nri_modular import annealing, gnn, structure_priors
-from nri_modular import metrics as metrics_lib
 from nri_modular import structure as structure_lib
 from nri_modular.modules import ModuleBank, Params
 
@@ -46,7 +45,6 @@ class BounceGradConfig:
       proposal: ``"uniform"``, ``"blocked_gibbs"`` (needs a proposal network),
         ``"exact_local"`` or ``"exact_sweep"`` (see :mod:`nri_modular.structure`).
       uniform_mix: probability of a uniform move when ``proposal="blocked_gibbs"``.
-      num_types: number of true relation types (for edge-accuracy metrics only).
       exact_stride: exact moves score every ``exact_stride``-th transition.
       block_rows, edge_compute: see :mod:`nri_modular.gnn`.
       loss, huber_delta: the training loss per predicted coordinate (also the annealing
@@ -71,7 +69,6 @@ class BounceGradConfig:
     temperature_factor: float = 1.1
     proposal: str = "uniform"
     uniform_mix: float = 0.0
-    num_types: int = 2
     exact_stride: int = 1
     block_rows: int = 512
     edge_compute: str = "blocked"
@@ -197,7 +194,9 @@ class Batch:
     Attributes:
       task_ids: int32 ``[B]`` indices into ``TrainState.structures``.
       states: ``[B, T, n, 4]`` trajectories.
-      labels: int32 ``[B, E]`` true relation types (metrics only; never used for learning).
+      labels: int32 ``[B, E]`` true relation types; the step never reads them (training
+        edge accuracy is scored on the host, over all training tasks with one map:
+        :func:`nri_modular.train.training_structure_accuracy`).
     """
 
     task_ids: jax.Array
@@ -360,9 +359,6 @@ def make_bouncegrad_step(
             state.temperature, worse_accept, target, config.temperature_factor
         )
 
-        mapping = metrics_lib.module_mapping(
-            structure, batch.labels, bank.num_modules, config.num_types
-        )
         new_state = state.replace(
             params=params,
             opt_state=opt_state,
@@ -381,7 +377,6 @@ def make_bouncegrad_step(
             "worse_accept_rate": worse_accept,
             "target_worse_rate": target,
             "temperature": state.temperature,
-            "edge_accuracy": metrics_lib.edge_accuracy(structure, batch.labels, mapping),
             "grad_norm": optax.tree.norm(grads),
             "proposal_loss": proposal_loss,
         }

@@ -17,10 +17,12 @@ Nothing here deletes a checkpoint or a model (Orbax's keep-the-last-N rotation a
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
 import signal
+import socket
 import threading
 from typing import Any
 
@@ -32,7 +34,7 @@ from nri_modular import distributed
 from nri_modular.atomic import write_json_atomic
 from nri_modular.config import Config
 
-# Fields that change the shapes in a checkpoint: resuming with other values is an error.
+# Fields that change the shapes in a checkpoint (named first when a resume is refused).
 STATE_FIELDS = (
     "system",
     "num_particles",
@@ -45,25 +47,57 @@ STATE_FIELDS = (
     "task_shards",  # the data order (not a shape): another value would not resume exactly
 )
 
-# Settings a resumed run may not change although they change no shape: they determine its
-# data (data_seed: the cached dataset would be regenerated), its data order (seed,
-# batch_size) and so whether it resumes exactly; the stored structures satisfy the run's
-# structure prior (symmetric_structure, node_types); the objective it minimises (loss,
-# huber_delta) and whether its step size decays (final_learning_rate).
-RESUME_FIELDS = (
-    "data_seed",
-    "seed",
-    "batch_size",
-    "symmetric_structure",
-    "node_types",
-    "loss",
-    "huber_delta",
-    "final_learning_rate",
+# What a resumed run may change: where the data lives (the training data's fingerprint is
+# checked), how it logs, checkpoints and lays out its computation, and the meta-test (the
+# search after training; a finished run is re-scored with experiments/evaluate.py).
+# Everything else (model, data, data order, objective, optimiser, annealing, priors) shapes
+# how the run was trained: another value is refused, so a run's record never misstates it.
+RESUMABLE_FIELDS = (
+    "data_dir",
+    "regenerate_data",
+    "num_valid",
+    "num_test",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "tensorboard",
+    "block_rows",
+    "edge_compute",
+    "model_axis_size",
+    "coordinator_address",
+    "num_processes",
+    "process_id",
 )
-# With a decaying step size (final_learning_rate > 0) these fix the schedule too (a cosine
-# over num_epochs from learning_rate): another value would jump to another curve mid-run.
-# A constant step size may be changed, and a run extended, on resume.
+META_TEST_FIELDS = (
+    "test_proposal",
+    "test_uniform_mix",
+    "test_sa_steps",
+    "test_t_start",
+    "test_t_end",
+    "test_batch_size",
+    "obs_frames",
+    "horizon",
+)
+# With a constant step size (final_learning_rate = 0) a run may be extended (num_epochs)
+# and its step size changed from the checkpoint on; with a decaying one these fix the
+# schedule (a cosine over num_epochs from learning_rate) and are refused. Every change a
+# resume makes is recorded in run.json's "segments".
 SCHEDULE_FIELDS = ("learning_rate", "num_epochs")
+
+
+def training_fields() -> tuple[str, ...]:
+    """The fields a resumed run may not change: every field of :class:`Config` but the
+    resumable, meta-test and (with a constant step size) schedule ones; a field added to
+    :class:`Config` is refused until it is classified here."""
+    allowed = set(RESUMABLE_FIELDS + META_TEST_FIELDS + SCHEDULE_FIELDS)
+    names = [f.name for f in dataclasses.fields(Config)]
+    return tuple(sorted((n for n in names if n not in allowed), key=_state_first))
+
+
+def _state_first(name: str) -> tuple[int, str]:
+    return (0 if name in STATE_FIELDS else 1, name)
+
+
 RUN_META = "run.json"
 
 MODEL_META = "model.json"
@@ -81,11 +115,17 @@ def config_json(config: Config) -> dict:
     }
 
 
-def _check_workdir_config(workdir: str, config: Config) -> None:
-    """Writes ``config.json``, or checks a resumed run's checkpoint shapes still fit."""
+def _check_workdir_config(workdir: str, config: Config, resuming: bool) -> dict:
+    """Writes ``config.json``, or checks that a resumed run changes no training setting.
+
+    Returns:
+      ``{field: [checkpoint's value, now]}`` of the settings the resume changes (empty for
+      a new run).
+    """
     path = os.path.join(workdir, "config.json")
     current = config_json(config)
-    if os.path.exists(path):
+    diff = {}
+    if resuming and os.path.exists(path):
         try:
             with open(path, encoding="utf-8") as f:
                 saved = json.load(f)
@@ -97,24 +137,45 @@ def _check_workdir_config(workdir: str, config: Config) -> None:
         if not isinstance(saved, dict):
             raise ValueError(f"{path} does not hold a JSON object; use another --workdir")
         defaults = config_json(Config())  # fields added since the run was started
-        fields = STATE_FIELDS + RESUME_FIELDS
-        if saved.get("final_learning_rate", 0) or config.final_learning_rate:
-            fields += SCHEDULE_FIELDS
         diff = {
-            k: (saved.get(k, defaults[k]), current[k])
-            for k in fields
+            k: [saved.get(k, defaults[k]), current[k]]
+            for k in current
             if saved.get(k, defaults[k]) != current[k]
         }
+        refused = set(training_fields())
+        if saved.get("final_learning_rate", 0) or config.final_learning_rate:
+            refused |= set(SCHEDULE_FIELDS)
+        refused_diff = {k: v for k, v in diff.items() if k in refused}
+        refused_diff = dict(sorted(refused_diff.items(), key=lambda kv: _state_first(kv[0])))
         network = [Config(**_known(saved)).uses_proposal_network, config.uses_proposal_network]
         if network[0] != network[1]:  # the checkpoint holds a proposal network or not
-            diff["proposal network (blocked_gibbs in proposal or test_proposal)"] = network
-        if diff:
+            refused_diff["proposal network (blocked_gibbs in proposal or test_proposal)"] = network
+        if refused_diff:
             raise ValueError(
                 f"workdir {workdir!r} holds a run with different "
-                + ", ".join(f"{k} (checkpoint {a!r}, now {b!r})" for k, (a, b) in diff.items())
-                + "; use another --workdir"
+                + ", ".join(
+                    f"{k} (checkpoint {a!r}, now {b!r})" for k, (a, b) in refused_diff.items()
+                )
+                + "; a resumed run keeps the settings it was trained with: use the original "
+                "flags, or another --workdir"
             )
+        _check_not_beyond(workdir, config)
     write_json_atomic(path, current)
+    return diff
+
+
+def _check_not_beyond(workdir: str, config: Config) -> None:
+    """Raises unless the workdir's checkpoints end at or before the run's last step (a run
+    is never shortened: that would relabel a later state as an earlier step)."""
+    total_steps = (config.num_train // config.batch_size) * config.num_epochs
+    steps = checkpoint_steps(workdir)
+    if steps and steps[-1] > total_steps:
+        raise ValueError(
+            f"workdir {workdir!r} holds a checkpoint at step {steps[-1]}, beyond this run's "
+            f"{total_steps} steps (num_epochs={config.num_epochs}): a run cannot be shortened; "
+            f"score an earlier checkpoint with experiments/evaluate.py --workdir={workdir} "
+            f"--step=K (it has {steps}), or use another --workdir"
+        )
 
 
 def _known(saved: dict) -> dict:
@@ -139,6 +200,7 @@ def write_run_meta(
     normalization: dict,
     train_data: dict,
     module_to_relation: dict | None = None,
+    segments: list | None = None,
 ) -> dict:
     """Writes ``<workdir>/run.json`` (atomically) and returns it.
 
@@ -149,12 +211,16 @@ def write_run_meta(
       train_data: ``datasets.fingerprint`` of the training split.
       module_to_relation: ``{str(step): [K] map}`` chosen on the training tasks' structures
         of each checkpoint, plus ``"train_edge_accuracy"`` per step.
+      segments: ``[{"start_step": k, "changed": {field: [before, after]}}]``: where the
+        run started and each resume, with the settings it changed (see
+        :data:`RESUMABLE_FIELDS`): ``config`` is the latest segment's.
     """
     meta = {
         "config": config_json(config),
         "normalization": dict(normalization),
         "train_data": train_data,
         "module_to_relation": dict(module_to_relation or {}),
+        "segments": list(segments or []),
     }
     write_json_atomic(os.path.join(workdir, RUN_META), meta)
     return meta
@@ -197,13 +263,21 @@ def check_train_data(workdir: str, saved: dict, current: dict) -> None:
     )
 
 
-def prepare_workdir(workdir: str, config: Config) -> None:
-    """Creates ``workdir`` (its parent must exist) and writes or checks its ``config.json``.
+def checkpoint_steps(workdir: str) -> list[int]:
+    """The steps of the finished checkpoints in ``<workdir>/checkpoints`` (step folders;
+    Orbax writes a checkpoint under a temporary name and renames it when complete)."""
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
 
-    Raises:
-      ValueError: no workdir, or it holds a run whose checkpoint shapes differ.
-      FileNotFoundError, NotADirectoryError: a missing parent, or a file in the way.
-    """
+
+def has_checkpoint(workdir: str) -> bool:
+    """Whether ``<workdir>/checkpoints`` holds a finished checkpoint."""
+    return bool(checkpoint_steps(workdir))
+
+
+def _check_workdir_path(workdir: str) -> None:
     if not workdir:
         raise ValueError("workdir must be given (--workdir)")
     parent = os.path.dirname(os.path.abspath(workdir))
@@ -211,10 +285,87 @@ def prepare_workdir(workdir: str, config: Config) -> None:
         raise FileNotFoundError(f"parent directory of workdir {workdir!r} does not exist: {parent}")
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise NotADirectoryError(f"workdir {workdir!r} exists and is not a directory")
+
+
+def prepare_workdir(workdir: str, config: Config) -> dict:
+    """Creates ``workdir`` (its parent must exist) and writes or checks its ``config.json``.
+
+    A workdir with no checkpoint is a new run whatever it holds (say, the ``config.json``
+    of a run that failed before its first checkpoint): its config is written afresh.
+
+    Returns:
+      ``{field: [checkpoint's value, now]}`` of what a resume changes (see
+      :data:`RESUMABLE_FIELDS`); empty for a new run.
+
+    Raises:
+      ValueError: no workdir, or it holds a checkpoint trained with other settings
+        (:func:`training_fields`).
+      FileNotFoundError, NotADirectoryError: a missing parent, or a file in the way.
+    """
+    _check_workdir_path(workdir)
+    diff = {}
     if distributed.is_primary():
         os.makedirs(workdir, exist_ok=True)
-        _check_workdir_config(workdir, config)
+        diff = _check_workdir_config(workdir, config, resuming=has_checkpoint(workdir))
     distributed.sync("workdir")
+    return diff
+
+
+class WorkdirLock:
+    """An exclusive lock on a run's folder for as long as a process uses it.
+
+    ``flock`` on ``<workdir>/.lock``: a second run on the same folder fails at once naming
+    the holder (its pid and host, written in the file), and the lock goes with the process
+    however it ends (SIGKILL included), so no stale lock is ever left to clear. Re-entrant
+    within a process (training inside ``train_and_evaluate``). On process 0 only (one
+    writer per run); a no-op elsewhere.
+
+    Raises (on entry):
+      RuntimeError: another process holds the folder.
+      FileNotFoundError, NotADirectoryError: as :func:`prepare_workdir`.
+    """
+
+    _held: dict[str, list] = {}
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(os.path.abspath(workdir), ".lock")
+
+    def __enter__(self):
+        if not distributed.is_primary():
+            return self
+        held = WorkdirLock._held.get(self.path)
+        if held is not None:
+            held[1] += 1
+            return self
+        _check_workdir_path(os.path.dirname(self.path))
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        f = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise RuntimeError(
+                f"workdir {os.path.dirname(self.path)!r} is in use by {holder}: two runs on one "
+                "folder would overwrite each other's checkpoints and metrics; wait for it to "
+                "end, or use another --workdir"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        WorkdirLock._held[self.path] = [f, 1]
+        return self
+
+    def __exit__(self, *exc):
+        held = WorkdirLock._held.get(self.path)
+        if held is not None:
+            held[1] -= 1
+            if held[1] == 0:
+                del WorkdirLock._held[self.path]
+                held[0].close()  # releases the flock
+        return False
 
 
 # ---------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ by hand); :func:`build_bank` and :func:`bouncegrad_config` derive them from a ru
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import optax
 
@@ -33,6 +34,7 @@ class Config:
     num_valid: int = 100
     num_test: int = 1000
     data_seed: int = 42
+    regenerate_data: bool = False  # regenerate our own dataset in data_dir if it differs
     # Model.
     num_modules: int = 2
     edge_hidden: tuple[int, ...] = (64, 64, 64)
@@ -123,7 +125,11 @@ class Config:
         ):
             value = getattr(self, name)
             _check(value > 0, f"{name} must be positive, got {value}")
-        _check(self.num_valid >= 0, f"num_valid must be >= 0, got {self.num_valid}")
+        _check(
+            self.num_valid > 0,
+            f"num_valid must be positive (the valid split, on which settings are chosen), "
+            f"got {self.num_valid}",
+        )
         _check(self.sa_steps >= 0, f"sa_steps must be >= 0, got {self.sa_steps}")
         _check(self.horizon >= 0, f"horizon must be >= 0 (0: structures only), got {self.horizon}")
         _check(self.num_particles >= 2, f"num_particles must be >= 2, got {self.num_particles}")
@@ -150,6 +156,12 @@ class Config:
                 value % self.task_shards == 0,
                 f"{name}={value} is not divisible by task_shards={self.task_shards} (every "
                 "batch, of training or of test tasks, is split into task_shards equal slices)",
+            )
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            _check(
+                not isinstance(value, float) or math.isfinite(value),
+                f"{field.name} must be finite, got {value}",
             )
         for name in ("learning_rate", "proposal_learning_rate"):
             value = getattr(self, name)
@@ -283,7 +295,6 @@ def bouncegrad_config(config: Config) -> bouncegrad.BounceGradConfig:
         exact_stride=config.exact_stride,
         loss=config.loss,
         huber_delta=config.huber_delta,
-        num_types=2,
         block_rows=config.block_rows,
         edge_compute=config.edge_compute,
         task_shards=config.task_shards,

@@ -294,12 +294,49 @@ def prediction_mse(
             groups,
             scale,
         )
-        total += fetch(err)[:valid].sum(0)
+        err = fetch(err)[:valid]
+        check_finite_errors(err, idx[:valid])
+        total += err.sum(0)
         if scaled is not None:
             total_scaled += fetch(scaled)[:valid].sum(0)
     if scale is None:
         return total / n_tasks
     return total / n_tasks, total_scaled / n_tasks
+
+
+class NonFiniteResultError(ArithmeticError):
+    """A prediction error is NaN or infinite: no result is written (the message names the
+    task and step)."""
+
+
+def check_finite_errors(err: np.ndarray, task_ids: np.ndarray) -> None:
+    """Raises :class:`NonFiniteResultError` naming the first task and step whose squared
+    error ``err [B, horizon]`` (of tasks ``task_ids [B]``) is not finite."""
+    bad = ~np.isfinite(err)
+    if bad.any():
+        row, step = map(int, np.argwhere(bad)[0])
+        raise NonFiniteResultError(
+            f"the {step + 1}-step prediction of test task {int(task_ids[row])} has a "
+            f"non-finite squared error ({err[row, step]}); {int(bad.any(1).sum())} of "
+            f"{len(err)} tasks in its batch are affected: check that task's trajectory "
+            "(values far outside the training range overflow float32) or the model; no "
+            "results written"
+        )
+
+
+def check_finite_results(results: dict, where: str) -> None:
+    """Raises :class:`NonFiniteResultError` naming every number of ``results`` (floats,
+    lists of floats) that is NaN or infinite, before they are written to ``where``."""
+    bad = []
+    for key, value in results.items():
+        values = value if isinstance(value, list | tuple) else [value]
+        if any(isinstance(v, float) and not np.isfinite(v) for v in values):
+            bad.append(key)
+    if bad:
+        raise NonFiniteResultError(
+            f"non-finite results {bad} ({', '.join(f'{k}={results[k]!r}' for k in bad[:3])}); "
+            f"{where} not written"
+        )
 
 
 def frames_needed(obs_frames: int, horizon: int) -> int:

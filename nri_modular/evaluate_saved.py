@@ -12,6 +12,7 @@ relation map, and writes the results JSON and a figure (:mod:`nri_modular.plots`
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from nri_modular import checkpoints, distributed, evaluate, gnn, metrics, plots, train
+from nri_modular import atomic, checkpoints, distributed, evaluate, gnn, metrics, plots, train
 from nri_modular.config import Config
 from nri_modular.data import datasets
 
@@ -86,6 +87,32 @@ def _legacy_meta(config: Config, state, step: int) -> dict:
     }
 
 
+def default_out(workdir: str, data_dir: str, split: str, step: int) -> str:
+    """``<workdir>/eval/<split>_<folder>-<hash>_step<k>.json``: the hash (of the data folder's
+    absolute path) keeps two folders of the same name (say, two ``data``) apart."""
+    path = os.path.abspath(data_dir)
+    tag = hashlib.sha256(path.encode()).hexdigest()[:8]
+    return os.path.join(workdir, "eval", f"{split}_{os.path.basename(path)}-{tag}_step{step}.json")
+
+
+def save_inferred(path: str, structures: np.ndarray, mapping, labels: np.ndarray | None) -> None:
+    """Writes the inferred structures of an evaluation (``.npz``, atomically).
+
+    Arrays: ``structures`` int32 ``[M, E]`` (module of each directed edge, in
+    :func:`nri_modular.graph.edge_index` order), ``module_to_relation`` int32 ``[K]``,
+    ``relations`` int32 ``[M, E]`` (``module_to_relation[structures]``) and, when the data
+    has labels, ``labels`` int32 ``[M, E]``.
+    """
+    arrays = {
+        "structures": np.asarray(structures, np.int32),
+        "module_to_relation": np.asarray(mapping, np.int32),
+        "relations": np.asarray(mapping, np.int32)[np.asarray(structures)],
+    }
+    if labels is not None:
+        arrays["labels"] = np.asarray(labels, np.int32)
+    atomic.write_atomic(path, lambda f: np.savez(f, **arrays), binary=True)
+
+
 def evaluate_run(
     workdir: str,
     data_dir: str,
@@ -113,8 +140,9 @@ def evaluate_run(
       num_tasks: score the first ``num_tasks`` systems (0: all).
       step: checkpoint step (default: the latest).
       overrides: search / prediction settings (:data:`EVAL_OVERRIDES`) to change.
-      out: results JSON path (default ``<workdir>/eval/<split>_<folder>_step<k>.json``);
-        the figure is written beside it (``.png``) when ``num_plots > 0``.
+      out: results JSON path (default :func:`default_out`); the inferred structures
+        (:func:`save_inferred`, ``.npz``) and the figure (``.png``, when ``num_plots > 0``
+        and matplotlib is installed) are written beside it, the figure last.
       num_plots: systems drawn (the first ones of the split).
 
     Returns:
@@ -198,31 +226,34 @@ def evaluate_run(
         split=split,
         overrides=overrides,
     )
-    out = out or os.path.join(
-        workdir,
-        "eval",
-        f"{split}_{os.path.basename(os.path.abspath(data_dir))}_step{step}.json",
-    )
+    out = out or default_out(workdir, data_dir, split, step)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    results["inferred"] = os.path.splitext(out)[0] + ".npz"
+    results["wall_seconds"] = time.time() - start
+    evaluate.check_finite_results(results, out)
+    # The numbers and the structures are saved before any figure is drawn.
+    save_inferred(results["inferred"], structures, entry["map"], data.labels)
+    checkpoints.write_json_atomic(out, results)
     if num_plots > 0 and eval_config.horizon == 0:
         logging.info("horizon=0: no prediction, so no figure")
+    elif num_plots > 0 and not plots.available():
+        logging.info("matplotlib is not installed: no figure (pip install -e '.[plots]')")
     elif num_plots > 0:
         picks = np.arange(min(num_plots, data.num_tasks))
         initial = jnp.asarray(data.states[picks, eval_config.obs_frames])
         predicted = jax.jit(gnn.rollout, static_argnums=(0, 4))(
             setup.bank, state.params, initial, jnp.asarray(structures[picks]), eval_config.horizon
         )
-        results["figure"] = os.path.splitext(out)[0] + ".png"
+        figure = os.path.splitext(out)[0] + ".png"
         plots.evaluation_figure(
             normalization.denormalise(data.states[picks].astype(np.float64)),
             normalization.denormalise(np.asarray(predicted, np.float64)),
             np.asarray(entry["map"])[structures[picks]],
             data.labels[picks],
             eval_config.obs_frames,
-            results["figure"],
+            figure,
             system=config.system,
         )
-    results["wall_seconds"] = time.time() - start
-    checkpoints.write_json_atomic(out, results)
+        results["figure"] = figure
     results["out"] = out
     return results

@@ -10,6 +10,13 @@ from __future__ import annotations
 import numpy as np
 
 
+def available() -> bool:
+    """Whether matplotlib (the ``[plots]`` extra) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def _pyplot():
     """``matplotlib.pyplot`` on the non-interactive Agg backend, or a clear error."""
     try:

@@ -31,15 +31,23 @@ def format_run_results(results: dict) -> str:
 
 
 def format_train_progress(record: dict, total_steps: int) -> str:
-    """One training log line from a metric record (the mean over the last logged steps)."""
+    """One training log line from a metric record (the mean over the last logged steps),
+    with the time left at the window's throughput (``eta``)."""
+    left = (total_steps - record["step"]) * record.get("batch_size", 0)
+    eta = left / record["tasks_per_second"] if record["tasks_per_second"] > 0 else float("nan")
     return (
         f"epoch {record['epoch']:.2f} step {record['step']}/{total_steps} | "
         f"loss {record['loss']:.3e} | accept {record['accept_rate']:.2f} "
         f"worse-accept {record['worse_accept_rate']:.2f} "
         f"(target {record['target_worse_rate']:.3f}) T {record['temperature']:.2e} | "
-        f"train edge acc {record['edge_accuracy']:.4f} | "
-        f"{record['tasks_per_second']:.0f} tasks/s"
+        f"train structures' edge acc {record['train_edge_accuracy']:.4f} | "
+        f"{record['tasks_per_second']:.0f} tasks/s | eta {_minutes(eta)}"
     )
+
+
+def _minutes(seconds: float) -> str:
+    """``12.3 min`` (or ``?`` when unknown)."""
+    return "?" if not seconds == seconds else f"{seconds / 60:.1f} min"
 
 
 def format_hidden_node_results(results: dict) -> str:

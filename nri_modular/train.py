@@ -32,7 +32,9 @@ by Orbax's keep-the-last-N rotation.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
 import time
 from typing import Any
@@ -215,24 +217,28 @@ def _all_finite(tree) -> jax.Array:
 
 
 def check_finite(pending: list, state, last_saved: int | None) -> None:
-    """Raises :class:`DivergenceError` at the first non-finite loss of ``pending``
-    ``[(step, loss)]`` or when the state's parameters are not all finite.
+    """Raises :class:`DivergenceError` at the first non-finite loss or gradient norm of
+    ``pending`` ``[(step, loss, grad_norm)]``, or when the state's parameters are not all
+    finite.
 
-    Called before every checkpoint and log line, so the latest checkpoint stays the last
-    good one and no results are written.
+    A loss can stay finite (say 1e31) while its gradient overflows: the gradient norm is
+    checked too. Called before every checkpoint and log line, so the latest checkpoint
+    stays the last good one and no results are written.
     """
-    losses = np.asarray([float(loss) for _, loss in pending], np.float64)
+    values = np.asarray([[float(v) for v in entry[1:]] for entry in pending], np.float64)
     kept = (
         f"the latest checkpoint (step {last_saved}) is the last good state"
         if last_saved is not None
         else "no checkpoint was written"
     )
     fix = "lower --learning_rate / --proposal_learning_rate, or check the data"
-    if (~np.isfinite(losses)).any():
-        first = int(np.argmax(~np.isfinite(losses)))
+    bad = ~np.isfinite(values).all(axis=1) if len(values) else np.zeros(0, bool)
+    if bad.any():
+        first = int(np.argmax(bad))
+        loss, grad_norm = values[first]
         raise DivergenceError(
-            f"training diverged: loss {losses[first]} at step {pending[first][0]}; {kept}; "
-            f"no results written; {fix}"
+            f"training diverged at step {pending[first][0]}: loss {loss:.4g}, gradient norm "
+            f"{grad_norm:.4g}; {kept}; no results written; {fix}"
         )
     if pending and not bool(_all_finite((state.params, state.proposal_params))):
         raise DivergenceError(
@@ -241,14 +247,26 @@ def check_finite(pending: list, state, last_saved: int | None) -> None:
         )
 
 
+def training_structure_accuracy(state, train_labels, config: Config) -> tuple[np.ndarray, float]:
+    """The module -> relation map chosen on all training tasks' current structures, and
+    their edge accuracy under it (one map for all tasks, as :mod:`nri_modular.metrics`
+    prescribes; never a map per batch, which flatters structures at chance).
+
+    Returns:
+      ``(map int [K], accuracy)``.
+    """
+    structures = distributed.to_host(state.structures)
+    mapping = metrics.module_mapping(structures, train_labels, config.num_modules, 2)
+    return mapping, float(metrics.edge_accuracy(structures, train_labels, mapping))
+
+
 def _record_map(run_meta: dict, state, train_labels, step: int, config: Config) -> dict:
     """Adds the module -> relation map of checkpoint ``step`` (chosen on the training
     tasks' structures) to the run's metadata; returns the metadata."""
-    structures = distributed.to_host(state.structures)
-    mapping = metrics.module_mapping(structures, train_labels, config.num_modules, 2)
+    mapping, accuracy = training_structure_accuracy(state, train_labels, config)
     run_meta["module_to_relation"][str(step)] = {
         "map": [int(v) for v in mapping],
-        "train_edge_accuracy": float(metrics.edge_accuracy(structures, train_labels, mapping)),
+        "train_edge_accuracy": accuracy,
     }
     return run_meta
 
@@ -261,6 +279,7 @@ def _save_run_meta(workdir: str, config: Config, run_meta: dict) -> None:
             run_meta["normalization"],
             run_meta["train_data"],
             run_meta["module_to_relation"],
+            run_meta.get("segments"),
         )
 
 
@@ -285,6 +304,11 @@ def train(config: Config, workdir: str) -> TrainResult:
     Returns:
       A :class:`TrainResult` with the final (sharded) ``TrainState``.
     """
+    with checkpoints.WorkdirLock(workdir) if workdir else contextlib.nullcontext():
+        return _train(config, workdir)
+
+
+def _train(config: Config, workdir: str) -> TrainResult:
     start = time.time()
     distributed.initialize(config.coordinator_address, config.num_processes, config.process_id)
     mesh = distributed.make_mesh(config.model_axis_size)
@@ -293,7 +317,9 @@ def train(config: Config, workdir: str) -> TrainResult:
         batch_size=config.batch_size,
         test_batch_size=config.test_batch_size,
     )
-    checkpoints.prepare_workdir(workdir, config)
+    steps_per_epoch = config.num_train // config.batch_size
+    total_steps = steps_per_epoch * config.num_epochs
+    changed = checkpoints.prepare_workdir(workdir, config)
     _warn_if_not_device_local(config, mesh)
     logging.info(
         "mesh %s over %d devices, %d process(es)",
@@ -313,11 +339,14 @@ def train(config: Config, workdir: str) -> TrainResult:
     run_meta = checkpoints.read_run_meta(workdir)
     if run_meta is not None and latest is not None:
         checkpoints.check_train_data(workdir, run_meta["train_data"], fingerprint)
+        run_meta.setdefault("segments", [])
+        run_meta["segments"].append({"start_step": int(latest), "changed": changed})
     else:  # a new run (or one from before run.json): it describes itself from now on
         run_meta = {
             "normalization": data.normalization.to_dict(),
             "train_data": fingerprint,
             "module_to_relation": {},
+            "segments": [{"start_step": 0 if latest is None else int(latest), "changed": {}}],
         }
     _save_run_meta(workdir, config, run_meta)
     if latest is not None:
@@ -326,15 +355,14 @@ def train(config: Config, workdir: str) -> TrainResult:
     else:
         state = setup.init_fn()
 
-    steps_per_epoch = config.num_train // config.batch_size
-    total_steps = steps_per_epoch * config.num_epochs
     states_np, labels_np = train_split.states, train_split.labels
     step = int(state.step)
     saved = latest
     window, window_start = [], time.time()
-    pending = []  # (step, loss) not yet checked for divergence
+    pending = []  # (step, loss, grad_norm) not yet checked for divergence
     writer = (
-        MetricWriter(workdir, resume_step=latest, tensorboard=config.tensorboard)
+        # A new run drops what a failed start (no checkpoint) left in metrics.jsonl.
+        MetricWriter(workdir, resume_step=latest or 0, tensorboard=config.tensorboard)
         if distributed.is_primary()
         else None
     )
@@ -355,12 +383,15 @@ def train(config: Config, workdir: str) -> TrainResult:
                     batch = bouncegrad.Batch(task_ids=ids_arr, states=states_arr, labels=labels_arr)
                     state, step_metrics = setup.step_fn(state, batch)
                     window.append(step_metrics)
-                    pending.append((step + 1, step_metrics["loss"]))
+                    pending.append((step + 1, step_metrics["loss"], step_metrics["grad_norm"]))
                     step += 1
                     if step % config.log_every == 0 or step == total_steps:
                         check_finite(pending, state, saved)
                         pending = []
                         record = _record(window, window_start, step, steps_per_epoch, config)
+                        record["train_edge_accuracy"] = training_structure_accuracy(
+                            state, train_split.labels, config
+                        )[1]
                         if writer is not None:
                             writer.write(record)
                             logging.info(reporting.format_train_progress(record, total_steps))
@@ -413,12 +444,71 @@ def _record(window, window_start, step, steps_per_epoch, config) -> dict:
         step=step,
         epoch=step / steps_per_epoch,
         tasks_per_second=len(window) * config.batch_size / max(elapsed, 1e-9),
+        batch_size=config.batch_size,
     )
     return record
 
 
+def finished_results(workdir: str, config: Config) -> dict | None:
+    """The saved results of a finished run rerun with the same command, or None.
+
+    A workdir whose ``results.json`` comes from a run of ``config``'s length, trained and
+    meta-tested with the same settings (logging, layout and data location may differ), is
+    done: its results are returned, nothing is retrained or rewritten. A longer run (a
+    constant step size extended with ``--num_epochs``) moves the old results aside to
+    ``results_step<k>.json`` and trains on.
+
+    Raises:
+      ValueError: the finished run's meta-test settings differ (rescoring a finished run is
+        ``experiments/evaluate.py``'s job: it writes its own file and records its settings).
+    """
+    path = os.path.join(workdir, "results.json")
+    config_path = os.path.join(workdir, "config.json")
+    if not (os.path.exists(path) and os.path.exists(config_path)):
+        return None
+    with open(path, encoding="utf-8") as f:
+        results = json.load(f)
+    with open(config_path, encoding="utf-8") as f:
+        saved = json.load(f)
+    total_steps = (config.num_train // config.batch_size) * config.num_epochs
+    if results.get("train_steps") != total_steps:
+        done, steps = results.get("train_steps"), checkpoints.checkpoint_steps(workdir)
+        if isinstance(done, int) and steps and total_steps > done == steps[-1]:
+            moved = os.path.join(workdir, f"results_step{done}.json")
+            if distributed.is_primary():
+                os.replace(path, moved)
+            logging.info("the run is extended: its earlier results are kept in %s", moved)
+        return None
+    current = checkpoints.config_json(config)
+    if (
+        any(saved.get(k) != current[k] for k in (*checkpoints.training_fields(), "data_dir"))
+        or checkpoints.config_from_json(saved).uses_proposal_network != config.uses_proposal_network
+    ):
+        return None  # other settings (refused, naming them) or data (checked) on resume
+    meta_test = {
+        k: (saved.get(k), current[k])
+        for k in checkpoints.META_TEST_FIELDS
+        if saved.get(k) != current[k]
+    }
+    if meta_test:
+        raise ValueError(
+            f"workdir {workdir!r} holds a finished run whose results.json was scored with "
+            + ", ".join(f"{k}={a!r}" for k, (a, _) in meta_test.items())
+            + " (now "
+            + ", ".join(f"{k}={b!r}" for k, (_, b) in meta_test.items())
+            + "); to score it with other settings run experiments/evaluate.py "
+            f"--workdir={workdir} --data_dir={config.data_dir} with those flags (it writes its "
+            "own file and records them)"
+        )
+    logging.info("workdir %s holds this finished run: its saved results (%s)", workdir, path)
+    return results
+
+
 def train_and_evaluate(config: Config, workdir: str) -> dict:
     """Meta-trains with BounceGrad, then meta-tests; returns the results dict.
+
+    A rerun of a finished run returns its saved results (:func:`finished_results`). The
+    workdir is locked for the whole run (:class:`~nri_modular.checkpoints.WorkdirLock`).
 
     Args:
       config: a validated :class:`Config`.
@@ -430,8 +520,18 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
     Raises:
       Preempted: on SIGTERM, after checkpointing (a ``SystemExit`` with code 0).
       CheckpointError: the latest checkpoint is damaged or of other shapes.
+      NonFiniteResultError: a result is NaN or infinite (nothing is written).
     """
+    with checkpoints.WorkdirLock(workdir) if workdir else contextlib.nullcontext():
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: Config, workdir: str) -> dict:
     wall_start = time.time()
+    if workdir:
+        done = finished_results(workdir, config)
+        if done is not None:
+            return done
     run = train(config, workdir)
     results = evaluate.meta_test(
         config,
@@ -448,7 +548,9 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
         train_seconds=run.seconds,
         wall_seconds=time.time() - wall_start,
     )
+    path = os.path.join(workdir, "results.json")
+    evaluate.check_finite_results(results, path)
     if distributed.is_primary():
-        checkpoints.write_json_atomic(os.path.join(workdir, "results.json"), results)
+        checkpoints.write_json_atomic(path, results)
     distributed.sync("results")
     return results

@@ -13,6 +13,7 @@ steps are redone), so the file ends up as an uninterrupted run's.
 from __future__ import annotations
 
 import json
+import math
 import os
 
 METRICS_FILE = "metrics.jsonl"
@@ -79,6 +80,13 @@ def training_seconds(records: list[dict], batch_size: int) -> list[float]:
     return out
 
 
+def _finite_or_none(value):
+    """``value``, or None for a NaN / infinite float (JSON has neither)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _tensorboard_writer(logdir: str):
     try:
         from tensorboardX import SummaryWriter
@@ -115,10 +123,15 @@ class MetricWriter:
         self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
-        """Writes one record (a dict of floats holding ``step``) and flushes it."""
+        """Writes one record (a dict of floats holding ``step``) and flushes it.
+
+        A NaN or infinite value (say, the acceptance rate of a step without annealing) is
+        written as ``null``: every line is strict JSON.
+        """
         if "step" not in record:
             raise ValueError(f"a metric record needs its 'step', got keys {sorted(record)}")
-        self._file.write(json.dumps(record) + "\n")
+        record = {k: _finite_or_none(v) for k, v in record.items()}
+        self._file.write(json.dumps(record, allow_nan=False) + "\n")
         self._file.flush()
         if self._tensorboard is not None:
             step = int(record["step"])

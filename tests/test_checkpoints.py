@@ -72,7 +72,10 @@ def test_write_json_atomic_keeps_the_old_file_when_the_write_fails(tmp_path):
 
 def test_prepare_workdir_refuses_a_run_of_other_shapes(tmp_path):
     workdir = str(tmp_path / "run")
+    checkpoints.prepare_workdir(workdir, Config(num_particles=4))
+    # No checkpoint yet (a run that failed before its first): any config starts afresh.
     checkpoints.prepare_workdir(workdir, Config(num_particles=5))
+    os.makedirs(os.path.join(workdir, "checkpoints", "8"))  # now a checkpoint exists
     checkpoints.prepare_workdir(workdir, Config(num_particles=5, num_epochs=7))  # not a shape
     with pytest.raises(ValueError, match=r"num_particles \(checkpoint 5, now 4\)"):
         checkpoints.prepare_workdir(workdir, Config(num_particles=4))
