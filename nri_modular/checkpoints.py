@@ -126,16 +126,7 @@ def _check_workdir_config(workdir: str, config: Config, resuming: bool) -> dict:
     current = config_json(config)
     diff = {}
     if resuming and os.path.exists(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                saved = json.load(f)
-        except (OSError, ValueError) as e:
-            raise ValueError(
-                f"{path} is unreadable ({type(e).__name__}: {e}); it records the run's shapes. "
-                "Restore it, or use another --workdir"
-            ) from e
-        if not isinstance(saved, dict):
-            raise ValueError(f"{path} does not hold a JSON object; use another --workdir")
+        saved = read_config_json(workdir)
         defaults = config_json(Config())  # fields added since the run was started
         diff = {
             k: [saved.get(k, defaults[k]), current[k]]
@@ -162,6 +153,26 @@ def _check_workdir_config(workdir: str, config: Config, resuming: bool) -> dict:
         _check_not_beyond(workdir, config)
     write_json_atomic(path, current)
     return diff
+
+
+def read_config_json(workdir: str) -> dict:
+    """``<workdir>/config.json`` as a dict.
+
+    Raises:
+      ValueError: unreadable, or not a JSON object (the message names the file).
+    """
+    path = os.path.join(workdir, "config.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(
+            f"{path} is unreadable ({type(e).__name__}: {e}); it records the run's shapes. "
+            "Restore it, or use another --workdir"
+        ) from e
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} does not hold a JSON object; use another --workdir")
+    return saved
 
 
 def _check_not_beyond(workdir: str, config: Config) -> None:

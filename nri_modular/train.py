@@ -468,8 +468,7 @@ def finished_results(workdir: str, config: Config) -> dict | None:
         return None
     with open(path, encoding="utf-8") as f:
         results = json.load(f)
-    with open(config_path, encoding="utf-8") as f:
-        saved = json.load(f)
+    saved = checkpoints.read_config_json(workdir)
     total_steps = (config.num_train // config.batch_size) * config.num_epochs
     if results.get("train_steps") != total_steps:
         done, steps = results.get("train_steps"), checkpoints.checkpoint_steps(workdir)

@@ -59,9 +59,10 @@ def test_folder_missing_one_split_is_not_overwritten(ours, tmp_path):
     with pytest.raises(ValueError) as err:
         _ensure(folder)
     message = str(err.value)
-    assert f"{folder} holds springs5 (train 4, valid 2, test ? simulations;" in message
+    assert f"{folder} holds files we did not write: edges_test_springs5.npy" in message
+    assert "(springs5 (train 4, valid 2, test ? simulations;" in message
     assert "no meta_springs5.json: not written by us" in message
-    assert "refusing to write into a folder with files we did not write" in message
+    assert "refusing to write a dataset into it" in message
     assert _snapshot(folder) == before
 
 
@@ -72,8 +73,8 @@ def test_other_particle_count_is_named(ours, tmp_path):
     with pytest.raises(ValueError) as err:
         _ensure(folder, num_particles=5)
     message = str(err.value)
-    assert "holds springs10 (train 4, valid 2, test 2 simulations;" in message
-    assert "but the springs5 dataset asked for is not complete there" in message
+    assert "(springs10 (train 4, valid 2, test 2 simulations;" in message
+    assert "holds files we did not write: edges_test_springs10.npy" in message
     assert "set --system / --num_particles to match (asked: springs, num_particles=5)" in message
     assert _snapshot(folder) == before
     # What the error suggests works: the files load as they are, nothing is written.
@@ -84,7 +85,7 @@ def test_other_particle_count_is_named(ours, tmp_path):
 def test_other_system_is_named(ours, tmp_path):
     folder = _foreign(ours, tmp_path, "charged5")
     before = _snapshot(folder)
-    with pytest.raises(ValueError, match=r"holds charged5 \(train 4, valid 2, test 2 .*springs5"):
+    with pytest.raises(ValueError, match=r"\(charged5 \(train 4, valid 2, test 2 .*asked: springs"):
         _ensure(folder, system="springs")
     assert _snapshot(folder) == before
 
@@ -93,9 +94,9 @@ def test_generate_and_regenerate_refuse_a_foreign_folder(ours, tmp_path):
     """The generator CLI's path (generate_dataset) and regenerate=True write nothing there."""
     folder = _foreign(ours, tmp_path, "springs5")
     before = _snapshot(folder)
-    with pytest.raises(ValueError, match="refusing to write a dataset into a folder with files"):
+    with pytest.raises(ValueError, match="holds files we did not write.*refusing to write"):
         datasets.generate_dataset("springs", str(folder), **TINY)
-    with pytest.raises(ValueError, match="holds springs5 .*not written by us"):
+    with pytest.raises(ValueError, match="springs5 .*not written by us"):
         _ensure(folder, regenerate=True)
     with pytest.raises(ValueError, match="has 4 simulations but num_train=6"):
         _ensure(folder, num_train=6)  # another size: not regenerated over
@@ -119,6 +120,52 @@ def test_generating_is_logged_and_our_folders_are_shared(ours, tmp_path, caplog)
     caplog.clear()
     _ensure(folder, system="charged")  # cached: loaded, nothing generated
     assert "generating" not in caplog.text
-    _ensure(folder, system="charged", seed=1)  # our files, other arguments: regenerated
-    assert "made with other arguments (seed): regenerating it" in caplog.text
+    caplog.clear()
+    before = _snapshot(folder)
+    with pytest.raises(
+        ValueError, match=r"our charged5 dataset made with other seed \(0, asked 1\)"
+    ):
+        _ensure(folder, system="charged", seed=1)  # never regenerated unasked
+    assert _snapshot(folder) == before and "generating" not in caplog.text
+    _ensure(folder, system="charged", seed=1, regenerate=True)  # asked: regenerated
     assert "generating the charged5 dataset" in caplog.text
+
+
+def test_files_copied_over_ours_are_seen_not_replaced(ours, tmp_path):
+    """The probe's case: another dataset's files copied over ours (same sizes)."""
+    folder = tmp_path / "cache"
+    shutil.copytree(ours / "springs5", folder)
+    other = tmp_path / "other"
+    datasets.generate_dataset("springs", str(other), **dict(TINY, seed=9))
+    for name in os.listdir(other):
+        if name.endswith(".npy"):
+            shutil.copy(other / name, folder / name)
+    before = _snapshot(folder)
+    with pytest.raises(ValueError, match="train files of springs5 .* differ from the ones we"):
+        _ensure(folder)
+    assert _snapshot(folder) == before
+
+
+@pytest.mark.parametrize("name", ["loc_train_mydata.npy", "notes.txt", "loc_train_mydata5.npy"])
+def test_a_folder_of_someone_elses_files_is_never_written(tmp_path, name):
+    """Misnamed own files or a typo'd --data_dir: no synthetic springs beside them."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / name).write_bytes(b"their bytes")
+    with pytest.raises(ValueError, match=f"holds files we did not write: {name}"):
+        _ensure(folder)
+    assert os.listdir(folder) == [name]
+    with pytest.raises(ValueError, match="holds files we did not write"):
+        datasets.generate_dataset("springs", str(folder), **TINY)
+    assert os.listdir(folder) == [name]
+
+
+def test_generate_replaces_our_dataset_only_when_asked(ours, tmp_path):
+    folder = tmp_path / "cache"
+    shutil.copytree(ours / "springs5", folder)
+    before = _snapshot(folder)
+    with pytest.raises(FileExistsError, match="already holds our springs5 dataset"):
+        datasets.generate_dataset("springs", str(folder), **dict(TINY, seed=3))
+    assert _snapshot(folder) == before
+    datasets.generate_dataset("springs", str(folder), **dict(TINY, seed=3), overwrite=True)
+    assert _snapshot(folder) != before

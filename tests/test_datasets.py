@@ -152,6 +152,13 @@ def _good_split(tmp_path, system="springs", sims=3, frames=4, n=5):
         ("nan", ValueError, r"loc_train_springs5.npy: 1 non-finite values \(NaN/inf\)"),
         ("inf", ValueError, r"vel_train_springs5.npy: 1 non-finite values"),
         ("edge_value", ValueError, r"edges_train_springs5.npy: springs relations must be in"),
+        (
+            "edge_asymmetric",
+            ValueError,
+            r"edges_train_springs5.npy: springs relations are symmetric .* first simulation 0, "
+            r"pair \(1, 2\)",
+        ),
+        ("complex", ValueError, r"loc_train_springs5.npy: expected a real-valued"),
     ],
 )
 def test_loader_bad_files(tmp_path, mutate, error, message):
@@ -171,7 +178,11 @@ def test_loader_bad_files(tmp_path, mutate, error, message):
     elif mutate == "inf":
         vel[0, 0, 0, 0] = np.inf
     elif mutate == "edge_value":
-        edges[0, 1, 2] = 0.5
+        edges[0, 1, 2] = edges[0, 2, 1] = 0.5
+    elif mutate == "edge_asymmetric":
+        edges[0, 1, 2] = 1 - edges[0, 2, 1]
+    elif mutate == "complex":
+        loc = loc.astype(np.complex64)
     _write_split(tmp_path, "train", loc, vel, edges)
     with pytest.raises(error, match=message):
         datasets.load_dataset(str(tmp_path), "springs", splits=("train",))
@@ -239,13 +250,21 @@ def test_ensure_dataset_caches_and_regenerates(tmp_path, monkeypatch):
     np.testing.assert_array_equal(first.train.states, second.train.states)
     meta = json.loads((tmp_path / "meta_charged5.json").read_text())
     assert meta["num_sims"] == {"train": 6, "valid": 3, "test": 2}
-    third = datasets.ensure_dataset(str(tmp_path), "charged", **dict(small, num_train=4))
+    # other arguments: refused, naming them, unless the caller asks to regenerate
+    with pytest.raises(ValueError, match=r"made with other num_sims .*--regenerate_data"):
+        datasets.ensure_dataset(str(tmp_path), "charged", **dict(small, num_train=4))
+    assert len(calls) == 1 and meta == json.loads((tmp_path / "meta_charged5.json").read_text())
+    third = datasets.ensure_dataset(
+        str(tmp_path), "charged", **dict(small, num_train=4), regenerate=True
+    )
     assert len(calls) == 2 and third.train.num_tasks == 4
     # a dataset we did not write (no meta) is loaded if the sizes match, never overwritten
     os.remove(tmp_path / "meta_charged5.json")
     datasets.ensure_dataset(str(tmp_path), "charged", **dict(small, num_train=4))
-    with pytest.raises(ValueError, match="has 4 simulations but num_train=6.*refusing"):
+    with pytest.raises(ValueError, match="has 4 simulations but num_train=6.*never rewritten"):
         datasets.ensure_dataset(str(tmp_path), "charged", **small)
+    with pytest.raises(ValueError, match="holds files we did not write"):
+        datasets.ensure_dataset(str(tmp_path), "charged", **small, regenerate=True)
     assert len(calls) == 2
 
 

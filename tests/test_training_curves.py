@@ -21,7 +21,13 @@ _spec.loader.exec_module(tc)
 
 def _records(tps=(100.0, 50.0, 200.0), steps=(10, 20, 25), acc=(0.5, 0.7, 0.8)):
     return [
-        {"step": s, "tasks_per_second": t, "train_edge_accuracy": a, "loss": 1.0 / s, "epoch": s / 10}
+        {
+            "step": s,
+            "tasks_per_second": t,
+            "train_edge_accuracy": a,
+            "loss": 1.0 / s,
+            "epoch": s / 10,
+        }
         for s, t, a in zip(steps, tps, acc, strict=True)
     ]
 

@@ -306,9 +306,13 @@ def generate_dataset(
     dtype=np.float32,
     chunk_size: int = 4096,
     progress: SplitProgressFn | None = None,
+    overwrite: bool = False,
     **overrides,
 ) -> dict[str, str]:
     """Simulates the three splits and writes them in Kipf's layout (atomically).
+
+    Writes only into a folder holding nothing but our own datasets (:func:`check_writable`),
+    and replaces our dataset of the same system and size only with ``overwrite``.
 
     Split ``s`` samples its initial states from ``np.random.default_rng([seed, id])`` with
     ``id = {train: 0, valid: 1, test: 2}[s]``, so the splits are independent and each is
@@ -327,6 +331,7 @@ def generate_dataset(
       chunk_size: simulations integrated at once.
       progress: called as ``progress(split, sims_done, num_sims)`` when a split starts
         (``sims_done = 0``) and after each chunk.
+      overwrite: replace our own dataset of this system and size if the folder holds one.
       **overrides: ``physics.SystemConfig`` fields (box_size, interaction_strength, ...).
 
     Returns:
@@ -343,6 +348,20 @@ def generate_dataset(
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     physics.system_config(system, **overrides)
     check_writable(out_dir)
+    existing = [
+        name
+        for name in (
+            meta_file_name(system, num_particles),
+            *(file_name(k, sp, system, num_particles) for sp in SPLITS for k in ("loc", "vel")),
+        )
+        if os.path.exists(os.path.join(out_dir, name))
+    ]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{out_dir} already holds our {system}{num_particles} dataset ({_listing(existing)}); "
+            "it is replaced only when asked (--overwrite for nri_modular.data.generate, "
+            "--regenerate_data for a run): or use another folder"
+        )
     logging.info(
         "generating the %s%d dataset (train/valid/test: %d/%d/%d simulations, seed %d) in %s",
         system,
@@ -394,6 +413,10 @@ def generate_dataset(
         dtype=dtype,
         **overrides,
     )
+    # What the files were when we wrote them: a later copy over them is seen, not trusted.
+    meta["fingerprints"] = {
+        split: fingerprint(out_dir, system, num_particles, split) for split in SPLITS
+    }
     atomic.write_text_atomic(meta_path, json.dumps(meta, indent=1, sort_keys=True))
     written[os.path.basename(meta_path)] = meta_path
     logging.info(
@@ -429,8 +452,10 @@ def _load_array(path: str, mmap: bool = False) -> np.ndarray:
             f"{path}: cannot be read ({type(e).__name__}: {e}); a file is damaged or "
             "truncated: delete it (or the directory) to regenerate"
         ) from e
-    if not np.issubdtype(array.dtype, np.number):
-        raise ValueError(f"{path}: expected a numeric array, got dtype {array.dtype}")
+    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+        raise ValueError(
+            f"{path}: expected a real-valued (float or integer) array, got dtype {array.dtype}"
+        )
     return array
 
 
@@ -491,6 +516,13 @@ def _check_finite(array: np.ndarray, path: str, chunk: int = 4096) -> None:
 
 def _edges_to_labels(edges: np.ndarray, system: str, path: str) -> np.ndarray:
     """``[sims, n, n]`` relation matrices -> int32 ``[sims, n(n-1)]`` labels."""
+    asymmetric = np.argwhere(edges != np.swapaxes(edges, 1, 2))
+    if len(asymmetric):
+        sim, i, j = (int(v) for v in asymmetric[0])
+        raise ValueError(
+            f"{path}: {system} relations are symmetric (edges[s, i, j] == edges[s, j, i]), but "
+            f"{len(asymmetric) // 2} pairs differ, first simulation {sim}, pair ({i}, {j})"
+        )
     directed = graph.matrix_to_edges(edges)
     allowed = (0.0, 1.0) if system == "springs" else (-1.0, 1.0)
     bad = ~np.isin(directed, allowed)
@@ -661,11 +693,41 @@ def fingerprint(
     return {"files": files, "sample_rows": rows.tolist(), "sha256": digest.hexdigest()}
 
 
-def check_writable(data_dir: str) -> None:
-    """Raises unless every Kipf-layout ``.npy`` in ``data_dir`` was written by us.
+def our_files(data_dir: str) -> set[str]:
+    """The names in ``data_dir`` that :func:`generate_dataset` wrote: each readable
+    ``meta_{system}{n}.json`` and the nine ``.npy`` files of its dataset."""
+    if not os.path.isdir(data_dir):
+        return set()
+    ours = set()
+    for name in os.listdir(data_dir):
+        match = re.fullmatch(r"meta_([A-Za-z_]+?)(\d+)\.json", name)
+        if match is None or _read_meta(os.path.join(data_dir, name)) is None:
+            continue
+        system, n = match.group(1), int(match.group(2))
+        ours.add(name)
+        ours.update(file_name(k, sp, system, n) for sp in SPLITS for k in ("loc", "vel", "edges"))
+    return ours
 
-    A folder holding any such file without our ``meta_{system}{n}.json`` (Kipf's released
-    files, the reference generator's output, a copy of a few splits) is never written into.
+
+def foreign_files(data_dir: str) -> list[str]:
+    """What ``data_dir`` holds that we did not write (files and folders), sorted."""
+    if not os.path.isdir(data_dir):
+        return []
+    ours = our_files(data_dir)
+    return sorted(name for name in os.listdir(data_dir) if name not in ours)
+
+
+def _listing(names: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def check_writable(data_dir: str) -> None:
+    """Raises unless every entry of ``data_dir`` was written by us (or it is empty/missing).
+
+    A folder holding anything without our ``meta_{system}{n}.json`` naming it (Kipf's
+    released files, the reference generator's output, a user's own ``loc_train_mydata.npy``,
+    a notes file) is never written into.
 
     Raises:
       ValueError: naming the folder and what it holds.
@@ -675,14 +737,41 @@ def check_writable(data_dir: str) -> None:
     if os.path.lexists(data_dir) and not os.path.isdir(data_dir):
         what = "a symlink to nothing" if os.path.islink(data_dir) else "not a directory"
         raise NotADirectoryError(f"data_dir {data_dir!r} is {what}: cannot write a dataset there")
-    held = folder_datasets(data_dir)
-    foreign = {key: entry for key, entry in held.items() if not entry["ours"]}
+    foreign = foreign_files(data_dir)
     if foreign:
+        held = {k: e for k, e in folder_datasets(data_dir).items() if not e["ours"]}
+        datasets_held = f" ({describe_datasets(held)})" if held else ""
         raise ValueError(
-            f"{data_dir} holds {describe_datasets(foreign)}: refusing to write a dataset "
-            "into a folder with files we did not write; generate into another folder "
+            f"{data_dir} holds files we did not write: {_listing(foreign)}{datasets_held}; "
+            "refusing to write a dataset into it: generate into another (new or empty) folder "
             "(--data_dir / --out_dir)"
         )
+
+
+def check_files_match_meta(data_dir: str, meta: dict) -> None:
+    """Raises unless our dataset's files are still the ones we wrote (sizes; fingerprints
+    when the meta holds them: a file copied over ours is another dataset).
+
+    Raises:
+      ValueError: naming the split, what the meta says and what the files hold.
+    """
+    system, n = meta["system"], meta["num_particles"]
+    for split in SPLITS:
+        path = os.path.join(data_dir, file_name("loc", split, system, n))
+        sims = np.load(path, mmap_mode="r", allow_pickle=False).shape[0]
+        if sims != meta["num_sims"][split]:
+            raise ValueError(
+                f"{path} has {sims} simulations but {meta_file_name(system, n)} says we wrote "
+                f"{meta['num_sims'][split]}: the files changed since they were generated; "
+                "restore them, or pass --regenerate_data to replace them"
+            )
+        saved = meta.get("fingerprints", {}).get(split)
+        if saved is not None and saved != fingerprint(data_dir, system, n, split):
+            raise ValueError(
+                f"the {split} files of {system}{n} in {data_dir} differ from the ones we "
+                f"generated (sample hash {saved['sha256'][:12]} when written): they were "
+                "replaced; use them from a folder of their own, or pass --regenerate_data"
+            )
 
 
 def _read_meta(path: str) -> dict | None:
@@ -707,24 +796,26 @@ def ensure_dataset(
     train_rows: np.ndarray | None = None,
     **generate_kwargs,
 ) -> Dataset:
-    """Loads the dataset in ``data_dir``, generating it first if needed (generate-and-cache).
+    """Loads the dataset in ``data_dir``, generating it first if the folder has none.
 
-    * ``meta_{system}{n}.json`` present and equal to the requested arguments, all files
-      present: load.
-    * files missing, or our meta present but different (other sizes / seed / settings),
-      or ``regenerate``: generate (overwriting) then load.
+    * our ``meta_{system}{n}.json`` equal to the requested arguments and its files as we
+      wrote them: load.
+    * our meta with other arguments (sizes, seed, settings), or files changed since we
+      wrote them: ``ValueError`` naming the difference, unless ``regenerate`` (then our
+      dataset is replaced). Nothing is regenerated behind the caller's back.
+    * the dataset asked for absent, and the folder missing, empty or holding only our own
+      datasets (of other systems or sizes): generate, then load.
     * all files present but no meta (e.g. Kipf's released files): load them if their
-      simulation counts match the request, else raise ``ValueError`` rather than
-      overwrite data we did not write.
-    * any other Kipf-layout file without our meta (some splits only, another particle
-      count or system): ``ValueError`` naming what the folder holds; nothing is written
-      (see :func:`check_writable`). Our own datasets of other systems or sizes may share
-      the folder (generating beside them is logged with what the folder holds).
+      simulation counts match the request, else ``ValueError``; never written.
+    * anything else we did not write in the folder (some splits of a dataset, a user's own
+      files under other names, a typo'd folder holding something else): ``ValueError``
+      naming what it holds; nothing is written (see :func:`check_writable`).
 
     Args:
       data_dir, system, num_train, num_valid, num_test, seed, num_particles: as in
         :func:`generate_dataset`.
-      regenerate: always generate.
+      regenerate: replace our own dataset when it differs from the request (never files
+        we did not write).
       progress: passed to :func:`generate_dataset`.
       train_rows: load only these training tasks' states (see :func:`load_dataset`).
       **generate_kwargs: other :func:`generate_dataset` arguments (steps, dtype, ...).
@@ -743,12 +834,39 @@ def ensure_dataset(
     have_all = all(os.path.exists(os.path.join(data_dir, f)) for f in names)
     meta_path = os.path.join(data_dir, meta_file_name(system, num_particles))
     meta = _read_meta(meta_path) if os.path.exists(meta_path) else None
-    held = folder_datasets(data_dir)
     asked = (system, num_particles)
-    foreign = {key: entry for key, entry in held.items() if not entry["ours"]}
-    if regenerate:
-        check_writable(data_dir)  # raises, naming the files we did not write
-    if asked in foreign and have_all:  # e.g. Kipf's released files: read, never written
+    foreign = {k: e for k, e in folder_datasets(data_dir).items() if not e["ours"]}
+    generate = False
+    if meta is not None:  # ours
+        made = {k: v for k, v in meta.items() if k != "fingerprints"}
+        if made != wanted:
+            differ = [k for k in wanted if made.get(k) != wanted[k]]
+            if not regenerate:
+                raise ValueError(
+                    f"{data_dir} holds our {system}{num_particles} dataset made with other "
+                    + ", ".join(f"{k} ({made.get(k)!r}, asked {wanted[k]!r})" for k in differ)
+                    + ": pass --regenerate_data to replace it, or point --data_dir at another "
+                    "folder (it is never regenerated unasked)"
+                )
+            generate = True
+        elif not have_all:
+            missing = [f for f in names if not os.path.exists(os.path.join(data_dir, f))]
+            if not regenerate:
+                raise ValueError(
+                    f"{data_dir} holds our {system}{num_particles} dataset but lacks "
+                    f"{_listing(missing)}: pass --regenerate_data to write it again, or restore "
+                    "the files"
+                )
+            generate = True
+        elif regenerate:
+            generate = True
+        else:  # read (and check each file) first: a damaged file's own error comes first
+            data = load_dataset(data_dir, system, num_particles, train_rows=train_rows)
+            check_files_match_meta(data_dir, meta)
+            return data
+    elif asked in foreign and have_all:  # e.g. Kipf's released files: read, never written
+        if regenerate:
+            check_writable(data_dir)  # raises: these files are not ours to replace
         requested = {"train": num_train, "valid": num_valid, "test": num_test}
         for split in SPLITS:
             path = os.path.join(data_dir, file_name("loc", split, system, num_particles))
@@ -757,34 +875,25 @@ def ensure_dataset(
                 raise ValueError(
                     f"{path} has {sims} simulations but num_{split}={requested[split]}, and "
                     f"{data_dir} has no {meta_file_name(system, num_particles)} (not written "
-                    "by us): refusing to overwrite it; use another data_dir"
+                    "by us): it is read as it is, never rewritten; set --num_"
+                    f"{split}={sims} or use another --data_dir"
                 )
-    elif foreign:
+    else:
+        generate = True
+    if generate:
         others = {key: entry for key, entry in foreign.items() if key != asked}
-        hint = (
-            f"; to use them set --system / --num_particles to match (asked: {system}, "
-            f"num_particles={num_particles})"
-            if others
-            else ""
-        )
-        raise ValueError(
-            f"{data_dir} holds {describe_datasets(foreign)}, but the {system}{num_particles} "
-            f"dataset asked for is not complete there ({len(names)} files needed): refusing "
-            "to write into a folder with files we did not write" + hint + ", or use another "
-            "--data_dir"
-        )
-    elif regenerate or not have_all or meta != wanted:
-        beside = {key: entry for key, entry in held.items() if key != asked}
+        try:
+            check_writable(data_dir)  # raises, naming what we did not write
+        except ValueError as e:
+            if others:
+                raise ValueError(
+                    f"{e}; to use a dataset it holds set --system / --num_particles to match "
+                    f"(asked: {system}, num_particles={num_particles})"
+                ) from None
+            raise
+        beside = {k: e for k, e in folder_datasets(data_dir).items() if k != asked}
         if beside:
             logging.info("%s also holds %s", data_dir, describe_datasets(beside))
-        if meta is not None and meta != wanted and have_all:
-            logging.info(
-                "%s holds a %s%d dataset made with other arguments (%s): regenerating it",
-                data_dir,
-                system,
-                num_particles,
-                ", ".join(k for k in wanted if meta.get(k) != wanted[k]),
-            )
         generate_dataset(
             system,
             data_dir,
@@ -795,6 +904,7 @@ def ensure_dataset(
             num_particles,
             chunk_size=chunk_size,
             progress=progress,
+            overwrite=True,  # our own dataset, replaced only when regenerate says so
             **generate_kwargs,
         )
     return load_dataset(data_dir, system, num_particles, train_rows=train_rows)

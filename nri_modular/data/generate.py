@@ -25,6 +25,9 @@ _TEST_STEPS = flags.DEFINE_integer("test_steps", 10000, "Steps of test (99 frame
 _SAMPLE_FREQ = flags.DEFINE_integer("sample_freq", 100, "Integration steps between frames.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "float64"], "On-disk float dtype.")
 _CHUNK_SIZE = flags.DEFINE_integer("chunk_size", 4096, "Simulations integrated at once.")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Replace our own dataset of this system and size in --out_dir."
+)
 
 
 class _Progress:
@@ -62,6 +65,7 @@ def main(argv):
         dtype=np.dtype(_DTYPE.value),
         chunk_size=_CHUNK_SIZE.value,
         progress=progress,
+        overwrite=_OVERWRITE.value,
     )
     for path in written.values():
         logging.info("wrote %s", path)

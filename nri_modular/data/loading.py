@@ -32,6 +32,7 @@ def load_data(config: Config, train_rows: np.ndarray | None = None) -> datasets.
             num_test=config.num_test,
             seed=config.data_seed,
             num_particles=config.num_particles,
+            regenerate=config.regenerate_data,
             train_rows=train_rows,
         )
     except (EOFError, OSError, ValueError) as e:
