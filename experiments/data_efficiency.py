@@ -127,4 +127,6 @@ def format_vae_best(reading: dict) -> str:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from nri_modular import cli
+
+    cli.run_main(main)

@@ -11,7 +11,7 @@ per step (normalised and physical units), search time and a PNG of a few systems
 run's own test split this reproduces its results.json.
 """
 
-from absl import app, flags
+from absl import flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run's folder.", required=True)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Kipf-layout data folder.", required=True)
@@ -76,4 +76,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from nri_modular import cli
+
+    cli.run_main(main)

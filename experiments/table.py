@@ -14,7 +14,7 @@ loads finished methods instead of retraining. Writes ``<out>/table.json``
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 
 from nri_modular import cli
 from nri_modular import config as config_lib
@@ -72,4 +72,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from nri_modular import cli
+
+    cli.run_main(main)

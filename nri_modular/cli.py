@@ -4,6 +4,7 @@ and the start every experiment script shares (:func:`start`)."""
 from __future__ import annotations
 
 import logging as std_logging
+import sys
 
 from absl import app, flags, logging
 
@@ -34,6 +35,41 @@ def start(argv) -> None:
     quiet_library_logs()
 
 
+_TRACEBACK = flags.DEFINE_bool(
+    "traceback", False, "Show the full traceback of an error (default: one line naming it)."
+)
+
+# Errors a user causes (a bad flag, file or folder; a run that diverged; a busy workdir):
+# one line naming the problem and what to do. Anything else is a bug: its traceback shows.
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    PermissionError,
+    ImportError,
+    ArithmeticError,  # evaluate.NonFiniteResultError
+    RuntimeError,  # checkpoints.CheckpointError, train.DivergenceError, a busy workdir
+)
+
+
+def run_main(main) -> None:
+    """``absl.app.run(main)``, with a user's error printed as one line (exit code 1)
+    instead of a traceback; ``--traceback`` shows it in full."""
+
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except USER_ERRORS as e:
+            if _TRACEBACK.value:
+                raise
+            message = str(e).strip() or type(e).__name__
+            sys.stderr.write(f"error: {message}\n(--traceback shows where it was raised)\n")
+            sys.exit(1)
+
+    app.run(wrapped)
+
+
 def run(system: str) -> None:
     """Defines the flags (``--system`` defaulting to ``system``) and runs train + meta-test."""
     config_lib.define_flags(flags, system_default=system)
@@ -48,4 +84,4 @@ def run(system: str) -> None:
         results = train.train_and_evaluate(config, workdir)
         print(reporting.format_run_results(results))
 
-    app.run(main)
+    run_main(main)

@@ -182,6 +182,12 @@ def _check_data(config: Config, data) -> None:
             f"test trajectories have {test.states.shape[1]} frames; obs_frames="
             f"{config.obs_frames} and horizon={config.horizon} need {needed}"
         )
+    frames = train_split.states.shape[1]
+    if not config.p < frames:
+        raise ValueError(
+            f"p={config.p} rollout steps need more than {config.p} frames, but training "
+            f"trajectories have {frames}: set --p to at most {frames - 1}"
+        )
     if config.uses_proposal_network and train_split.states.shape[1] != config.obs_frames:
         raise ValueError(
             f"the proposal network reads {config.obs_frames} frames (obs_frames) but "

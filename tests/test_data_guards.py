@@ -169,3 +169,50 @@ def test_generate_replaces_our_dataset_only_when_asked(ours, tmp_path):
     assert _snapshot(folder) == before
     datasets.generate_dataset("springs", str(folder), **dict(TINY, seed=3), overwrite=True)
     assert _snapshot(folder) != before
+
+
+# ----------------------------------------------------------------------------------------
+# The README's promise, at every entry point: a folder holding files we did not write is
+# never written into (a user's own files under another name, a typo'd --data_dir).
+# (experiments/data_efficiency.py takes no --data_dir: it generates into new folders
+# under its own --out.)
+
+_FLAGS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments", "flags")
+ENTRY_POINTS = {
+    "springs": ["experiments/springs.py", f"--flagfile={_FLAGS}/test.flags"],
+    "charged": ["experiments/charged.py", f"--flagfile={_FLAGS}/test.flags", "--system=charged"],
+    "table": ["experiments/table.py", f"--flagfile={_FLAGS}/table_test.flags"],
+    "hidden_node": ["experiments/hidden_node.py", f"--flagfile={_FLAGS}/hidden_node_demo.flags"],
+    "generate": ["-m", "nri_modular.data.generate", "--num_train=4", "--num_valid=2",
+                 "--num_test=2", "--train_steps=300", "--test_steps=300"],  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_no_entry_point_writes_into_a_folder_of_someone_elses_files(
+    entry, tmp_path, subprocess_env
+):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "loc_train_mydata.npy").write_bytes(b"their bytes")
+    before = _snapshot(folder)
+    script, *args = ENTRY_POINTS[entry]
+    where = "--out_dir" if entry == "generate" else "--data_dir"
+    cmd = [sys.executable, script, *args, f"{where}={folder}"]
+    if entry != "generate":
+        cmd.append(f"--workdir={tmp_path / 'run'}")
+    if entry == "table":
+        cmd.append(f"--out={tmp_path / 'out'}")
+    proc = subprocess.run(
+        cmd, env=subprocess_env, cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()
+    assert last[-2].startswith("error: ") and "holds files we did not write" in last[-2]
+    assert "Traceback" not in proc.stderr
+    assert _snapshot(folder) == before

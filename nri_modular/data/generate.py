@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from nri_modular.data import datasets, physics
 
@@ -73,4 +73,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from nri_modular import cli
+
+    cli.run_main(main)
