@@ -5,6 +5,7 @@ import importlib.util
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from conftest import REPO, reference_config
 
@@ -39,5 +40,31 @@ def test_compiled_step_stats_on_one_device(tiny_data_dir):
     stats = hlo.compiled_stats(
         setup.step_fn.lower(setup.abstract_state, setup.abstract_batch).compile()
     )
-    assert stats["argument_bytes"] > 0 and stats["flops"] > 0
     assert stats["collectives"] == {}  # one device: no communication
+    # The step donates the whole state: every state buffer is an argument aliased to the
+    # new state (a run keeps one copy of its parameters, structures and optimiser state).
+    state_bytes = _nbytes(setup.abstract_state)
+    assert stats["alias_bytes"] == state_bytes
+    # The arguments are the state and the batch; the labels only if the step reads them
+    # (a jitted program drops unused arguments).
+    batch = setup.abstract_batch
+    read = state_bytes + _nbytes((batch.task_ids, batch.states))
+    assert stats["argument_bytes"] - read in (0, _nbytes(batch.labels))
+    assert stats["flops"] > 100 * _nbytes(batch.states)  # rollouts of MLPs on every frame
+
+
+def _nbytes(tree) -> int:
+    return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def test_compiled_stats_of_a_matmul():
+    """A program whose costs are known: [m, k] @ [k, n] in float32 does 2 m k n flops and
+    reads and writes its three arrays once."""
+    m, k, n = 16, 32, 8
+    a, b = jax.ShapeDtypeStruct((m, k), jnp.float32), jax.ShapeDtypeStruct((k, n), jnp.float32)
+    stats = hlo.compiled_stats(jax.jit(jnp.matmul).lower(a, b).compile())
+    assert stats["flops"] == 2 * m * k * n
+    assert stats["bytes_accessed"] == 4 * (m * k + k * n + m * n)
+    assert stats["argument_bytes"] == 4 * (m * k + k * n)
+    assert stats["output_bytes"] == 4 * m * n
+    assert stats["alias_bytes"] == 0 and stats["collectives"] == {}
