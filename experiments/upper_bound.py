@@ -10,10 +10,15 @@ Two arms at the same budget (training tasks, widths, steps, wall time), both sco
 frames ``0..obs_frames-1``, ``--test_*`` flags):
 
 * ``upper_bound``: the module bank trained with every training task's true relations as its
-  structure (no search during training: the one true-edges trainer's step,
-  :func:`nri_modular.baselines.true_edges.true_edges_step`, BounceGrad with ``sa_steps=0``
-  and the structures set to the labels). What search can reach with modules fitted this well.
+  structure (no search during training: BounceGrad with ``sa_steps=0`` and the structures
+  set to the labels, the training of :mod:`nri_modular.baselines.true_edges`). What search
+  can reach with modules fitted this well.
 * ``bouncegrad``: BounceGrad as configured (structures searched during training).
+
+Both arms build their state and step as the real run does (:func:`arm_setup`:
+:func:`nri_modular.train.build`, so initial structures under the run's structure prior,
+its initial temperature, loss, optimiser schedule and edge layout) and take the real run's
+batches (``task_batches`` with the run's ``task_shards``, placed on its mesh).
 
 Every ``--eval_every_seconds`` of training (the clock excludes evaluation) each arm writes a
 curve point to ``<workdir>/curve.jsonl``: valid edge accuracy after search (and of the
@@ -203,6 +208,53 @@ def load_average() -> float:
         return float("nan")
 
 
+def _check_arm(arm: str, config) -> None:
+    if arm not in ARMS:
+        raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
+    if config.uses_proposal_network:
+        raise ValueError(
+            "the diagnostic trains and searches without a proposal network; use another "
+            "proposal and test_proposal than 'blocked_gibbs'"
+        )
+
+
+def arm_setup(arm: str, config, train_split, mesh=None):
+    """An arm's step and initial state, built as the real run builds them.
+
+    Both come from :func:`nri_modular.train.build` (the one state builder): the real run's
+    initial state (module parameters, structures drawn under its structure prior,
+    ``initial_temperature``) and its jitted, sharded step (loss, ``huber_delta``, the
+    optimiser's schedule, exact stride, edge layout, structure-prior moves). The
+    ``upper_bound`` arm's step has ``sa_steps=0`` and its structures are the training
+    labels (module ``k`` computes relation type ``k``).
+
+    Args:
+      arm: one of :data:`ARMS`.
+      train_split: the training split (its states' shape and, for ``upper_bound``, labels).
+      mesh: default :func:`nri_modular.distributed.make_mesh` of ``config.model_axis_size``.
+
+    Returns:
+      ``(setup, state)``: the :class:`nri_modular.train.Setup` and the fresh ``TrainState``.
+    """
+    from nri_modular import distributed, train
+
+    _check_arm(arm, config)
+    if train_split.num_tasks != config.num_train:
+        raise ValueError(
+            f"the training split has {train_split.num_tasks} tasks, num_train is {config.num_train}"
+        )
+    if mesh is None:
+        mesh = distributed.make_mesh(config.model_axis_size)
+    arm_config = config if arm == "bouncegrad" else dataclasses.replace(config, sa_steps=0)
+    sample = np.zeros((1, *train_split.states.shape[1:]), np.float32)
+    setup = train.build(arm_config, mesh, sample)
+    state = setup.init_fn()
+    if arm == "upper_bound":
+        labels = label_structures(np.asarray(train_split.labels), np.arange(config.num_modules))
+        state = state.replace(structures=jax.device_put(labels, state.structures.sharding))
+    return setup, state
+
+
 def run_arm(
     arm: str,
     config,
@@ -226,43 +278,25 @@ def run_arm(
       The final curve row (all valid tasks scored).
     """
     import nri_modular as nm
-    from nri_modular import checkpoints
-    from nri_modular.baselines import true_edges
+    from nri_modular import checkpoints, distributed
+    from nri_modular.data import batching
 
-    if arm not in ARMS:
-        raise ValueError(f"unknown arm {arm!r}; expected one of {ARMS}")
-    if config.proposal == "blocked_gibbs":
-        raise ValueError("the diagnostic trains without a proposal network; use another proposal")
-    n = config.num_particles
+    _check_arm(arm, config)
     train_split, valid = data.train, data.valid
-    bank = config_lib.build_bank(config)
-    optimizer = config_lib.module_optimizer(config)
-    bg_config = config_lib.bouncegrad_config(config)
-    if arm == "upper_bound":
-        state, step_fn = true_edges.true_edges_step(
-            bank, optimizer, train_split, seed=config.seed, step_config=bg_config
-        )
-    else:
-        step_fn = jax.jit(nm.make_bouncegrad_step(bank, optimizer, bg_config, n), donate_argnums=0)
-        state = nm.init_train_state(
-            jax.random.PRNGKey(config.seed),
-            bank,
-            optimizer,
-            config.num_train,
-            n,
-            initial_temperature=config.initial_temperature,
-        )
-    states_np, labels_np = np.asarray(train_split.states), train_split.labels
+    setup, state = arm_setup(arm, config, train_split)
+    mesh, bank, step_fn = setup.mesh, setup.bank, setup.step_fn
+    states_np, labels_np = np.asarray(train_split.states), np.asarray(train_split.labels)
     steps_per_epoch = config.num_train // config.batch_size
     key = jax.random.PRNGKey(config.seed + 1)
     trained, losses, step, next_eval = 0.0, [], 0, budget.eval_every_seconds
 
     def point(final: bool) -> dict:
-        structures = np.asarray(state.structures)
+        structures = distributed.to_host(state.structures)
         mapping = nm.module_mapping(structures, labels_np, config.num_modules, num_types=2)
         count = valid.num_tasks if final else min(curve_valid, valid.num_tasks)
+        params = jax.device_get(state.params)  # host copy: scoring runs on one device
         scores = score_valid(
-            config, bank, state.params, valid, mapping, key, count, final or curve_search
+            config, bank, params, valid, mapping, key, count, final or curve_search
         )
         out = {
             "arm": arm,
@@ -281,14 +315,17 @@ def run_arm(
 
     while step < budget.total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
-        order = nm.task_batches(config.num_train, config.batch_size, config.seed, epoch)
+        order = batching.task_batches(
+            config.num_train, config.batch_size, config.seed, epoch, shards=config.task_shards
+        )
         for ids in order[offset:]:
             t0 = time.time()
-            batch = nm.Batch(
-                task_ids=jnp.asarray(ids),
-                states=jnp.asarray(states_np[ids]),
-                labels=jnp.asarray(labels_np[ids]),
+            batching.check_block_local(ids, config.num_train, config.task_shards)
+            (task_ids,) = distributed.put_batch(mesh, (ids,))
+            batch_states, batch_labels = distributed.put_batch(
+                mesh, (states_np, labels_np), rows=ids
             )
+            batch = nm.Batch(task_ids=task_ids, states=batch_states, labels=batch_labels)
             state, metrics = step_fn(state, batch)
             losses.append(float(metrics["loss"]))  # blocks: the clock measures the step
             trained += time.time() - t0

@@ -75,15 +75,58 @@ def test_exact_init_is_the_argmin_of_the_one_step_loss_over_all_structures():
         assert losses[every.tolist().index(best.tolist())] <= losses.min() * (1 + 1e-5)
 
 
-def _curve_rows(data_dir, tmp_path, arm, **overrides):
+def _curve_rows(data_dir, tmp_path, arm, steps=3, **overrides):
     from nri_modular.data import loading
 
     config = flagfile_config(data_dir=data_dir, **overrides)  # 4 valid tasks
     data = loading.load_data(config)
     rows = []
-    budget = ub.Budget(total_steps=3, eval_every_seconds=1e-6)
+    budget = ub.Budget(total_steps=steps, eval_every_seconds=1e-6)
     final = ub.run_arm(arm, config, data, budget, 3, rows.append, str(tmp_path))
     return config, data, rows, final
+
+
+def _real_run(config, train_split, num_steps, structures=None):
+    """The real run's first ``num_steps`` steps, by hand: :func:`nri_modular.train.build`'s
+    state and step on the batches of ``train.train`` (``task_batches`` with the run's
+    ``task_shards``); ``structures`` replaces the initial ones (the upper bound's labels).
+
+    Returns:
+      ``(initial structures, final params, [loss], [training edge accuracy])`` per step.
+    """
+    from nri_modular import bouncegrad, distributed, metrics, train
+    from nri_modular.data import batching
+
+    mesh = distributed.make_mesh(config.model_axis_size)
+    setup = train.build(config, mesh, np.zeros((1, *train_split.states.shape[1:]), np.float32))
+    state = setup.init_fn()
+    if structures is not None:
+        state = state.replace(structures=jnp.asarray(structures, jnp.int32))
+    initial = np.asarray(state.structures)
+    states, labels = np.asarray(train_split.states), np.asarray(train_split.labels)
+    per_epoch = config.num_train // config.batch_size
+    losses, accuracies = [], []
+    for step in range(num_steps):
+        epoch, offset = divmod(step, per_epoch)
+        ids = batching.task_batches(
+            config.num_train, config.batch_size, config.seed, epoch, shards=config.task_shards
+        )[offset]
+        batch = bouncegrad.Batch(
+            jnp.asarray(ids), jnp.asarray(states[ids]), jnp.asarray(labels[ids])
+        )
+        state, step_metrics = setup.step_fn(state, batch)
+        now = np.asarray(state.structures)
+        mapping = metrics.module_mapping(now, labels, config.num_modules, 2)
+        losses.append(float(step_metrics["loss"]))
+        accuracies.append(float(metrics.edge_accuracy(now, labels, mapping)))
+    return initial, state.params, losses, accuracies
+
+
+def _assert_same_params(saved, expected):
+    got, want = jax.tree.leaves(saved), jax.tree.leaves(expected)
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_upper_bound_arm_trains_on_the_labels_and_writes_curve_points(tiny_data_dir, tmp_path):
@@ -122,6 +165,23 @@ def test_upper_bound_arm_trains_on_the_labels_and_writes_curve_points(tiny_data_
     assert png.stat().st_size > 0
 
 
+def test_upper_bound_arm_takes_the_real_runs_batches_with_task_shards(tiny_data_dir, tmp_path):
+    # task_shards=2: slice v of every batch must hold tasks of block v (the step reads each
+    # task's structure within its block); other batches would read other tasks' label
+    # structures (an id outside its block is clamped or wraps) and train on those.
+    config, data, rows, _ = _curve_rows(
+        tiny_data_dir, tmp_path, "upper_bound", test_sa_steps=2, task_shards=2
+    )
+    assert [r["train_edge_accuracy"] for r in rows] == [1.0, 1.0, 1.0]
+    from nri_modular import checkpoints
+
+    saved, _ = checkpoints.load_model(str(tmp_path / "model_upper_bound"))
+    labels = np.asarray(data.train.labels)
+    _, params, losses, _ = _real_run(dataclasses.replace(config, sa_steps=0), data.train, 3, labels)
+    _assert_same_params(saved, params)
+    assert [r["loss"] for r in rows] == losses
+
+
 def test_bouncegrad_arm_searches_structures(tiny_data_dir, tmp_path):
     _, _, rows, final = _curve_rows(
         tiny_data_dir, tmp_path, "bouncegrad", test_sa_steps=2, sa_steps=4
@@ -130,6 +190,32 @@ def test_bouncegrad_arm_searches_structures(tiny_data_dir, tmp_path):
     assert rows[0]["train_edge_accuracy"] < 0.9
     assert [r["arm"] for r in rows] == ["bouncegrad"] * 3 and final["step"] == 3
     assert final["train_edge_accuracy"] == rows[-1]["train_edge_accuracy"]
+
+
+@pytest.mark.parametrize(
+    "prior", [{"node_types": 2}, {"symmetric_structure": True}], ids=["node_types", "symmetric"]
+)
+def test_bouncegrad_arm_starts_from_the_real_runs_state_under_the_prior(
+    tiny_data_dir, tmp_path, prior
+):
+    from nri_modular import checkpoints, structure_priors
+
+    # One step without annealing (sa_steps=0): the structures stay the initial ones, and
+    # the step's gradient depends on them.
+    config, data, rows, final = _curve_rows(
+        tiny_data_dir, tmp_path, "bouncegrad", steps=1, sa_steps=0, test_sa_steps=2, **prior
+    )
+    initial, params, losses, accuracies = _real_run(config, data.train, 1)
+    n = config.num_particles
+    assert bool(structure_priors.is_symmetric(initial, n).all())  # both priors imply it
+    if config.node_types:
+        assert bool(structure_priors.is_type_structure(initial, n, config.node_types).all())
+    assert final["train_edge_accuracy"] == accuracies[0] and final["loss"] == losses[0]
+    saved, _ = checkpoints.load_model(str(tmp_path / "model_bouncegrad"))
+    _assert_same_params(saved, params)
+    # arm_setup's fresh structures are the real run's.
+    _, state = ub.arm_setup("bouncegrad", config, data.train)
+    np.testing.assert_array_equal(np.asarray(state.structures), initial)
 
 
 def test_unknown_arm_and_missing_curve_keys_are_errors(tmp_path):
