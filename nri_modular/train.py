@@ -201,8 +201,8 @@ def _warn_if_not_device_local(config: Config, mesh) -> None:
         logging.warning(
             "task_shards=%d is not a multiple of the data-axis size %d: %severy "
             "host loads all training tasks and each step gathers the batch's structures "
-            "across devices; --task_shards=%d keeps all of it device-local (see README, "
-            "Scaling)",
+            "across devices; --task_shards=%d keeps all of it device-local (see "
+            "docs/scaling.md)",
             config.task_shards,
             devices,
             "edge_compute='blocked' sorts the whole batch's edges (an all-to-all, most of the "
@@ -310,6 +310,8 @@ def train(config: Config, workdir: str) -> TrainResult:
     Returns:
       A :class:`TrainResult` with the final (sharded) ``TrainState``.
     """
+    # Before the lock: which process writes is known only once jax.distributed runs.
+    distributed.initialize(config.coordinator_address, config.num_processes, config.process_id)
     with checkpoints.WorkdirLock(workdir) if workdir else contextlib.nullcontext():
         return _train(config, workdir)
 
@@ -527,6 +529,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
       CheckpointError: the latest checkpoint is damaged or of other shapes.
       NonFiniteResultError: a result is NaN or infinite (nothing is written).
     """
+    distributed.initialize(config.coordinator_address, config.num_processes, config.process_id)
     with checkpoints.WorkdirLock(workdir) if workdir else contextlib.nullcontext():
         return _train_and_evaluate(config, workdir)
 
