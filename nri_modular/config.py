@@ -15,16 +15,24 @@ import math
 
 import optax
 
-from nri_modular import bouncegrad, distributed, gnn, structure_priors
+from nri_modular import bouncegrad, distributed, evaluate, gnn, structure_priors
 from nri_modular.modules import ModuleBank
 from nri_modular.structure import EXACT_KINDS, MAX_EXACT_SETTINGS, MOVE_KINDS
 
 SYSTEMS = ("springs", "charged")
+_BG = bouncegrad.BounceGradConfig()  # the one source of the training defaults
+_SEARCH = evaluate.SearchConfig()  # ... and of the meta-test ones
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """All settings of a meta-training + meta-test run (defaults: the CPU demo)."""
+    """All settings of a meta-training + meta-test run.
+
+    Defaults come from one place: the library's own settings (:class:`BounceGradConfig`
+    for training, :class:`nri_modular.evaluate.SearchConfig` for meta-test), which are the
+    paper's choices where it makes one (no uniform moves mixed in, MSE); the flagfiles in
+    ``experiments/flags/`` choose ours (the CPU demo's, the hour's, the paper's sizes).
+    """
 
     # Data.
     system: str = "springs"
@@ -46,33 +54,33 @@ class Config:
     num_epochs: int = 100
     learning_rate: float = 1e-3
     final_learning_rate: float = 0.0  # > 0: cosine decay to it over the run (module_optimizer)
-    p: int = 10
-    loss: str = "mse"  # or "huber" (bouncegrad.huber_rollout_loss)
-    huber_delta: float = 0.01
-    sa_steps: int = 1
-    refresh_energy: bool = True
-    initial_temperature: float = 5.5e-5  # exp(-9.8), the paper's code
-    temperature_decay_steps: float = 800.0
-    proposal: str = "uniform"
-    uniform_mix: float = 0.1
-    exact_stride: int = 1
+    p: int = _BG.p
+    loss: str = _BG.loss  # or "huber" (bouncegrad.huber_rollout_loss)
+    huber_delta: float = _BG.huber_delta
+    sa_steps: int = _BG.sa_steps
+    refresh_energy: bool = _BG.refresh_energy
+    initial_temperature: float = bouncegrad.INITIAL_TEMPERATURE  # ~exp(-9.8), the paper's code
+    temperature_decay_steps: float = _BG.temperature_decay_steps
+    proposal: str = _BG.proposal
+    uniform_mix: float = _BG.uniform_mix
+    exact_stride: int = _BG.exact_stride
     proposal_hidden: int = 64
     proposal_learning_rate: float = 1e-3
     # Structure priors (nri_modular/structure_priors.py; both off by default).
     symmetric_structure: bool = False  # edges j->i and i->j share a module
     node_types: int = 0  # T latent node types; module = same/different type (0 = off)
     # Meta-test.
-    test_proposal: str = "uniform"
-    test_uniform_mix: float = 0.5
-    test_sa_steps: int = 200
-    test_t_start: float = 1e-5
-    test_t_end: float = 1e-8
-    test_batch_size: int = 250
+    test_proposal: str = _SEARCH.proposal
+    test_uniform_mix: float = _SEARCH.uniform_mix
+    test_sa_steps: int = _SEARCH.num_steps
+    test_t_start: float = _SEARCH.t_start
+    test_t_end: float = _SEARCH.t_end
+    test_batch_size: int = _SEARCH.batch_size
     obs_frames: int = 49
     horizon: int = 20
     # Engineering.
-    block_rows: int = 512
-    edge_compute: str = "blocked"
+    block_rows: int = _BG.block_rows
+    edge_compute: str = _BG.edge_compute
     log_every: int = 20
     checkpoint_every: int = 200
     keep_checkpoints: int = 3

@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -29,9 +30,11 @@ from absl import logging
 
 from nri_modular import annealing, bouncegrad, distributed, gnn, metrics, structure_priors
 from nri_modular import structure as structure_lib
-from nri_modular.config import Config
 from nri_modular.data import batching, datasets
 from nri_modular.modules import ModuleBank, Params
+
+if TYPE_CHECKING:  # config imports this module (SearchConfig holds the meta-test defaults)
+    from nri_modular.config import Config
 
 
 @dataclasses.dataclass(frozen=True)

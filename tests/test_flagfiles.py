@@ -41,3 +41,21 @@ def test_workdir_parent_exists_in_a_fresh_clone(path):
         assert os.path.isdir(parent), f"{path}: parent of --workdir={workdir} is not in the repo"
         tracked = os.path.join(parent, ".gitkeep")
         assert parent == ROOT or os.path.exists(tracked), f"{parent} is not kept in git"
+
+
+def test_config_defaults_are_the_library_defaults():
+    """One source of defaults (issue 23, item 5): a default Config builds exactly the
+    library's default BounceGrad and meta-test search settings (MSE energy, no uniform moves
+    mixed in), and a Huber run's search anneals its own Huber energy."""
+    import dataclasses
+
+    from nri_modular import bouncegrad, evaluate
+    from nri_modular.config import Config, bouncegrad_config
+
+    default = Config()
+    assert bouncegrad_config(default) == bouncegrad.BounceGradConfig()
+    assert evaluate.search_config(default) == evaluate.SearchConfig()
+    assert default.initial_temperature == bouncegrad.INITIAL_TEMPERATURE
+    huber = dataclasses.replace(default, loss="huber", huber_delta=0.02)
+    assert evaluate.search_config(huber).huber_delta == 0.02
+    assert bouncegrad_config(huber).loss == "huber"
