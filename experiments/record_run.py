@@ -2,7 +2,8 @@
 
   python experiments/record_run.py --workdir=runs/charged_cpu \
       --flagfile_used=experiments/flags/charged_cpu.flags --commit=a82a28b \
-      --load="niced, beside the test suite" --out=docs/results/charged5/seed0.json
+      --load="niced, beside the test suite" \
+      --out=docs/results/charged5/charged_cpu/seed0.json
 
 Reads only the run's folder (results.json, run.json) and the flagfile it ran with; never
 overwrites an existing record.
