@@ -44,6 +44,13 @@ def test_own_test_split_reproduces_results_json(trained_workdir, own_test_split)
     with open(own_test_split["out"], encoding="utf-8") as f:
         written = json.load(f)
     assert written["edge_accuracy"] == expected["edge_accuracy"]
+    # ... and it is the saved structures' accuracy under the saved map.
+    saved = np.load(own_test_split["inferred"])
+    assert saved["structures"].shape == saved["labels"].shape == (8, 12)
+    assert list(saved["module_to_relation"]) == expected["module_to_relation"]
+    assert np.mean(saved["relations"] == saved["labels"]) == pytest.approx(
+        expected["edge_accuracy"]
+    )
     # Physical units: the normalised errors scaled by the run's ranges.
     assert np.all(np.asarray(written["mse_per_step_physical"]) > 0)
     assert os.path.getsize(own_test_split["figure"]) > 10_000
@@ -139,7 +146,15 @@ def test_cli_valid_split_with_overrides(trained_workdir, tiny_data_dir, tmp_path
         num_plots=2,
     )
     assert own_frames["mse_1_physical"] is None and "figure" not in own_frames
-    assert 0.0 <= own_frames["edge_accuracy"] <= 1.0
+    # The reported accuracy is the saved structures' under the saved map, recomputed here.
+    saved = np.load(own_frames["inferred"])
+    assert saved["structures"].shape == saved["labels"].shape == (2, 12)
+    np.testing.assert_array_equal(
+        saved["relations"], saved["module_to_relation"][saved["structures"]]
+    )
+    assert own_frames["edge_accuracy"] == pytest.approx(
+        np.mean(saved["relations"] == saved["labels"])
+    )
 
 
 def test_one_rollout_gives_normalised_and_physical_mse(

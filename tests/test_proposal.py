@@ -36,7 +36,15 @@ def test_output_shape_and_finite_logits(net):
     assert float(jnp.std(logits)) > 0  # not a constant map
     # A task's logits do not depend on the other tasks in its batch (no batch statistics).
     chex.assert_trees_all_close(apply(params, states[2:3])[0], logits[2], atol=1e-5)
-    chex.assert_shape(proposal_net.argmax_structure(logits), (5, E))
+    structure = proposal_net.argmax_structure(logits)
+    chex.assert_shape(structure, (5, E))
+    np.testing.assert_array_equal(structure, np.argmax(np.asarray(logits), axis=-1))
+
+
+def _target_probability(apply_fn, params, states, targets) -> float:
+    """Mean probability the network gives each edge's target module."""
+    probs = jax.nn.softmax(apply_fn(params, states), axis=-1)
+    return float(jnp.take_along_axis(probs, targets[..., None], axis=-1).mean())
 
 
 def test_without_layer_norm():
@@ -44,6 +52,19 @@ def test_without_layer_norm():
     params = init_fn(jax.random.PRNGKey(1), _states(0, 1))
     assert "LayerNorm_0" not in params["params"]["mlp1"]
     chex.assert_shape(jax.jit(apply_fn)(params, _states(1, 2)), (2, E, 2))
+    # It still learns: fitted to fixed target structures, its cross-entropy falls and it
+    # puts most probability on the targets (measured after 100 steps: 0.70 -> 5e-4; 0.9995).
+    states, targets = _planted_problem(4, 64)
+    optimizer = optax.adam(3e-3)
+    step = jax.jit(proposal_net.make_supervised_step(apply_fn, optimizer))
+    opt_state = optimizer.init(params)
+    before = _target_probability(apply_fn, params, states, targets)
+    losses = []
+    for _ in range(100):
+        params, opt_state, loss = step(params, opt_state, states, targets)
+        losses.append(float(loss))
+    assert losses[-1] < 0.1 * losses[0]
+    assert _target_probability(apply_fn, params, states, targets) > 0.9 > before + 0.2
 
 
 def test_wrong_particle_count_is_an_error():
@@ -95,6 +116,7 @@ def test_proposal_learns_planted_structures():
         losses.append(float(loss))
     assert losses[-1] < 0.5 * losses[0]
     assert accuracy(params) > 0.95 > acc0 + 0.2
+    assert _target_probability(apply_fn, params, states, targets) > 0.9  # measured 0.9999
     # Held-out tasks of the same planted rule: it generalises, not only memorises.
     test_states, test_targets = _planted_problem(6, 64)
     pred = proposal_net.argmax_structure(apply(params, test_states))
@@ -128,7 +150,7 @@ def test_bouncegrad_step_with_proposal_is_finite_and_lowers_proposal_loss():
         states=states,
         labels=structure_lib.random_structures(jax.random.PRNGKey(10), b, N, K),
     )
-    losses = []
+    start, losses = state.structures, []
     for _ in range(20):
         state, metrics = step(state, batch)
         losses.append(float(metrics["proposal_loss"]))
@@ -138,3 +160,12 @@ def test_bouncegrad_step_with_proposal_is_finite_and_lowers_proposal_loss():
     final = proposal_net.proposal_loss(apply_fn, state.proposal_params, states, state.structures)
     final = float(final)
     assert final < 0.5 * losses[0]
+    # It puts most probability on the current structures (measured: 0.82, its argmax on
+    # 89% of edges; 0.49 before training), which annealing moved (38% of edges).
+    initial_params = jax.jit(init_fn)(jax.random.PRNGKey(9), states[:1])
+    current = state.structures
+    assert float((current != start).mean()) > 0.2
+    fitted = _target_probability(apply_fn, state.proposal_params, states, current)
+    assert fitted > 0.7 > _target_probability(apply_fn, initial_params, states, current) + 0.1
+    argmax = proposal_net.argmax_structure(apply_fn(state.proposal_params, states))
+    assert float((argmax == current).mean()) > 0.75

@@ -20,7 +20,10 @@ TIMING_KEYS = ("wall_seconds", "train_seconds", "test_search_seconds")
 def test_ci_flagfile_smoke_run(trained_workdir):
     with open(os.path.join(trained_workdir, "results.json"), encoding="utf-8") as f:
         results = json.load(f)
-    assert 0.0 <= results["edge_accuracy"] <= 1.0
+    # Accuracies are counts of correct edges: 8 test / 40 training tasks of 4 * 3 edges (a
+    # per-batch mean or a wrong denominator would not be a multiple of one edge).
+    for key, edges in (("edge_accuracy", 8 * 12), ("train_edge_accuracy", 40 * 12)):
+        assert results[key] * edges == pytest.approx(round(results[key] * edges)), key
     for key in ("mse_1", "wall_seconds"):
         assert np.isfinite(results[key]) and results[key] >= 0
     assert "mse_10" in results and "mse_20" in results  # None: horizon 5 in the CI flags
