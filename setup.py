@@ -21,8 +21,9 @@ setup(
         "orbax-checkpoint",
     ],
     extras_require={
-        # matplotlib: tests draw the figures; pytest-xdist: the suite runs on every core
-        "test": ["pytest", "pytest-xdist", "chex", "ruff", "matplotlib"],
+        # matplotlib: tests draw the figures; pytest-xdist: the suite runs on every core;
+        # scipy: the independent ODE reference the Kuramoto simulator is tested against
+        "test": ["pytest", "pytest-xdist", "chex", "ruff", "matplotlib", "scipy"],
         "plots": ["matplotlib"],
         "tensorboard": ["tensorboardX"],
     },
