@@ -15,11 +15,11 @@ import math
 
 import optax
 
-from nri_modular import bouncegrad, distributed, evaluate, gnn, structure_priors
+from nri_modular import bouncegrad, data, distributed, evaluate, gnn, structure_priors
 from nri_modular.modules import ModuleBank
 from nri_modular.structure import EXACT_KINDS, MAX_EXACT_SETTINGS, MOVE_KINDS
 
-SYSTEMS = ("springs", "charged")
+SYSTEMS = data.SYSTEMS  # the one list: nri_modular.data.datasets
 _BG = bouncegrad.BounceGradConfig()  # the one source of the training defaults
 _SEARCH = evaluate.SearchConfig()  # ... and of the meta-test ones
 

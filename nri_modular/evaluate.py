@@ -406,7 +406,12 @@ def meta_test(
         fetch = distributed.to_host
     train_structures = distributed.to_host(state.structures)
     if mapping is None:
-        mapping = metrics.module_mapping(train_structures, train_labels, config.num_modules, 2)
+        mapping = metrics.module_mapping(
+            train_structures,
+            train_labels,
+            config.num_modules,
+            datasets.NUM_RELATION_TYPES[config.system],
+        )
     mapping = np.asarray(mapping)
     observed = test.states[:, : config.obs_frames]
 

@@ -74,7 +74,9 @@ def _legacy_meta(config: Config, state, step: int) -> dict:
     )
     structures = distributed.to_host(state.structures)
     labels = train_split.train.labels
-    mapping = metrics.module_mapping(structures, labels, config.num_modules, 2)
+    mapping = metrics.module_mapping(
+        structures, labels, config.num_modules, datasets.NUM_RELATION_TYPES[config.system]
+    )
     return {
         "normalization": train_split.normalization.to_dict(),
         "train_data": datasets.fingerprint(config.data_dir, config.system, config.num_particles),

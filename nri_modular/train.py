@@ -262,7 +262,9 @@ def training_structure_accuracy(state, train_labels, config: Config) -> tuple[np
       ``(map int [K], accuracy)``.
     """
     structures = distributed.to_host(state.structures)
-    mapping = metrics.module_mapping(structures, train_labels, config.num_modules, 2)
+    mapping = metrics.module_mapping(
+        structures, train_labels, config.num_modules, datasets.NUM_RELATION_TYPES[config.system]
+    )
     return mapping, float(metrics.edge_accuracy(structures, train_labels, mapping))
 
 

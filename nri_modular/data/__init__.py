@@ -1,13 +1,16 @@
-"""Data pipeline: JAX simulators of the springs / charged systems and the dataset I/O.
+"""Data pipeline: JAX simulators of the springs / charged / Kuramoto systems and the dataset I/O.
 
-``physics`` integrates the systems of Kipf et al. (2018) (see ``shared/DATA_SPEC.md``);
+``physics`` integrates the particle systems of Kipf et al. (2018) (see
+``shared/DATA_SPEC.md``), ``kuramoto`` the Kuramoto oscillators of NRI's benchmark grid;
 ``datasets`` writes and reads the Kipf ``.npy`` layout and normalises states to [-1, 1];
 ``batching`` makes the batches of task indices (training epochs, padded evaluation).
 """
 
 from nri_modular.data.batching import check_block_local, eval_batches, task_batches
 from nri_modular.data.datasets import (
+    NUM_RELATION_TYPES,
     SPLITS,
+    SYSTEMS,
     Dataset,
     Normalization,
     Split,
@@ -18,7 +21,6 @@ from nri_modular.data.datasets import (
     load_dataset,
 )
 from nri_modular.data.physics import (
-    SYSTEMS,
     SystemConfig,
     compile_simulate,
     integrate,
@@ -30,6 +32,7 @@ from nri_modular.data.physics import (
 )
 
 __all__ = [
+    "NUM_RELATION_TYPES",
     "SPLITS",
     "SYSTEMS",
     "Dataset",

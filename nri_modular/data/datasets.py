@@ -12,6 +12,16 @@ charged files are ``*_charged5.npy``). ``edges[s, i, j]`` is the relation of ``j
 springs 0/1 (symmetric, zero diagonal), charged ``q_i q_j`` in ``{-1, +1}`` (the
 diagonal is 1, as in the released files, and unused).
 
+Kuramoto oscillators (:mod:`nri_modular.data.kuramoto`) are stored in NRI's Kuramoto
+layout, which other codebases read::
+
+    {out_dir}/feat_{split}_kuramoto{n}.npy   [sims, n, frames, 4]  float32
+    {out_dir}/edges_{split}_kuramoto{n}.npy  [sims, n, n]  k_ij in {0, 1}: j drives i
+
+(directed: ``edges[s, i, j]`` and ``edges[s, j, i]`` are independent). Its four features
+(dphi/dt, sin phi, phi, omega) are already scaled to [-1, 1] per trajectory, so its
+normalisation is the identity (:data:`IDENTITY`).
+
 In memory a split is ``states`` float32 ``[sims, frames, n, 4]`` (x, y, vx, vy),
 normalised to [-1, 1] with the *training* split's scalar min/max of positions and of
 velocities (Kipf: ``(x - min) * 2 / (max - min) - 1``), and ``labels`` int32
@@ -29,14 +39,24 @@ import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from nri_modular import atomic, graph
-from nri_modular.data import physics
+from nri_modular.data import kuramoto, physics
 
 SPLITS = ("train", "valid", "test")
+# The one list of the systems we simulate (config's flags and the generator read it).
+SYSTEMS = (*physics.SYSTEMS, kuramoto.NAME)
+# Files of a split, per system layout: the first kind holds the states (its first axis is
+# the number of simulations).
+_KINDS = {"springs": ("loc", "vel", "edges"), "charged": ("loc", "vel", "edges")}
+_KINDS[kuramoto.NAME] = ("feat", "edges")
+# Relation types of each system (springs: none / spring; charged: opposite / like charges;
+# Kuramoto: not coupled / j drives i): module -> relation maps are chosen among them.
+NUM_RELATION_TYPES = dict.fromkeys(SYSTEMS, 2)
 _SPLIT_IDS = {"train": 0, "valid": 1, "test": 2}  # default_rng([seed, id]) per split
 _META_VERSION = 1
 
@@ -55,8 +75,25 @@ def meta_file_name(system: str, num_particles: int) -> str:
 
 
 def _check_system(system: str) -> None:
-    if system not in physics.SYSTEMS:
-        raise ValueError(f"unknown system {system!r}; expected one of {physics.SYSTEMS}")
+    if system not in SYSTEMS:
+        raise ValueError(f"unknown system {system!r}; expected one of {SYSTEMS}")
+
+
+def kinds(system: str) -> tuple[str, ...]:
+    """The file kinds of one split: ``("loc", "vel", "edges")`` (springs, charged) or
+    ``("feat", "edges")`` (Kuramoto); the first holds the states."""
+    _check_system(system)
+    return _KINDS[system]
+
+
+def split_file_names(split: str, system: str, num_particles: int) -> list[str]:
+    """The ``.npy`` names of one split of a dataset, states first."""
+    return [file_name(k, split, system, num_particles) for k in kinds(system)]
+
+
+def dataset_file_names(system: str, num_particles: int) -> list[str]:
+    """Every ``.npy`` name of a dataset's three splits."""
+    return [n for split in SPLITS for n in split_file_names(split, system, num_particles)]
 
 
 def _check_splits(splits: Sequence[str]) -> tuple[str, ...]:
@@ -122,6 +159,11 @@ class Normalization:
         _check_last_axis(states)
         lo, span = self._lo_span(states)
         return (states + 1) * span / 2 + lo
+
+
+# Kuramoto's features are scaled to [-1, 1] when generated: their normalisation maps
+# [-1, 1] to itself (exactly, in float64).
+IDENTITY = Normalization(-1.0, 1.0, -1.0, 1.0)
 
 
 def _check_last_axis(states) -> None:
@@ -276,19 +318,74 @@ def generation_meta(
     dtype=np.float32,
     **overrides,
 ) -> dict:
-    """The arguments that determine a generated dataset, as stored in ``meta_*.json``."""
-    return {
+    """The arguments that determine a generated dataset, as stored in ``meta_*.json``.
+
+    Kuramoto datasets record their frames and integrator instead of the particle systems'
+    step counts (which they do not take)."""
+    meta = {
         "version": _META_VERSION,
         "system": system,
         "num_particles": int(num_particles),
         "num_sims": {"train": int(num_train), "valid": int(num_valid), "test": int(num_test)},
         "seed": int(seed),
-        "train_steps": int(train_steps),
-        "test_steps": int(test_steps),
-        "sample_freq": int(sample_freq),
         "dtype": np.dtype(dtype).name,
         "overrides": {k: v for k, v in sorted(overrides.items()) if v is not None},
     }
+    if system == kuramoto.NAME:
+        if overrides or np.dtype(dtype) != np.float32:
+            raise ValueError(
+                f"the kuramoto generator takes no overrides or dtype, got {overrides}, {dtype}"
+            )
+        return meta | {
+            "frames": dict(kuramoto.SPLIT_FRAMES),
+            "simulated_frames": kuramoto.SIMULATED_FRAMES,
+            "substeps": kuramoto.default_substeps(int(num_particles)),
+        }
+    return meta | {
+        "train_steps": int(train_steps),
+        "test_steps": int(test_steps),
+        "sample_freq": int(sample_freq),
+    }
+
+
+def _simulate_split(
+    system: str,
+    seed: int,
+    split: str,
+    num_sims: int,
+    num_particles: int,
+    steps: int,
+    sample_freq: int,
+    dtype,
+    chunk_size: int,
+    progress,
+    overrides: dict,
+) -> dict[str, np.ndarray]:
+    """One split's arrays, ``{kind: array}`` in :func:`kinds` order."""
+    if system == kuramoto.NAME:
+        key = jax.random.fold_in(jax.random.PRNGKey(seed), _SPLIT_IDS[split])
+        feat, edges = kuramoto.generate_split(
+            key,
+            num_sims,
+            num_particles,
+            kuramoto.SPLIT_FRAMES[split],
+            chunk_size=chunk_size,
+            progress=progress,
+        )
+        return {"feat": feat, "edges": edges}
+    loc, vel, edges = physics.simulate(
+        system,
+        _split_rng(seed, split),
+        num_sims,
+        num_particles,
+        steps,
+        sample_freq,
+        dtype=dtype,
+        chunk_size=chunk_size,
+        progress=progress,
+        **overrides,
+    )
+    return {"loc": loc, "vel": vel, "edges": edges}
 
 
 def generate_dataset(
@@ -343,16 +440,20 @@ def generate_dataset(
     for split in SPLITS:  # validate everything before simulating anything
         if not isinstance(sizes[split], int | np.integer) or sizes[split] <= 0:
             raise ValueError(f"num_{split} must be a positive integer, got {sizes[split]!r}")
-        physics.num_frames(steps[split], sample_freq)
+        if system != kuramoto.NAME:
+            physics.num_frames(steps[split], sample_freq)
     if not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    physics.system_config(system, **overrides)
+    if system == kuramoto.NAME:
+        generation_meta(system, 1, 1, 1, 0, dtype=dtype, **overrides)  # raises on overrides
+    else:
+        physics.system_config(system, **overrides)
     check_writable(out_dir)
     existing = [
         name
         for name in (
             meta_file_name(system, num_particles),
-            *(file_name(k, sp, system, num_particles) for sp in SPLITS for k in ("loc", "vel")),
+            *dataset_file_names(system, num_particles),
         )
         if os.path.exists(os.path.join(out_dir, name))
     ]
@@ -383,19 +484,20 @@ def generate_dataset(
         if progress is not None:
             progress(split, 0, sizes[split])
             split_progress = lambda done, total, split=split: progress(split, done, total)  # noqa: E731
-        loc, vel, edges = physics.simulate(
+        arrays = _simulate_split(
             system,
-            _split_rng(seed, split),
+            seed,
+            split,
             sizes[split],
             num_particles,
             steps[split],
             sample_freq,
-            dtype=dtype,
-            chunk_size=chunk_size,
-            progress=split_progress,
-            **overrides,
+            dtype,
+            chunk_size,
+            split_progress,
+            overrides,
         )
-        for kind, array in (("loc", loc), ("vel", vel), ("edges", edges)):
+        for kind, array in arrays.items():
             name = file_name(kind, split, system, num_particles)
             path = os.path.join(out_dir, name)
             atomic.save_npy_atomic(path, array)
@@ -460,11 +562,18 @@ def _load_array(path: str, mmap: bool = False) -> np.ndarray:
 
 
 def _load_raw(data_dir: str, split: str, system: str, num_particles: int, mmap: bool = False):
-    """Reads and checks one split's ``loc``, ``vel``, ``edges`` (see the module docstring).
+    """Reads and checks one split's files (see the module docstring).
 
-    With ``mmap`` the (large) ``loc`` and ``vel`` are memory-mapped, not read: the checks
-    stream through them in chunks.
+    With ``mmap`` the (large) state files are memory-mapped, not read: the checks stream
+    through them in chunks.
+
+    Returns:
+      ``(arrays, labels)``: ``arrays`` the state files (``(loc, vel)`` ``[sims, frames, 2,
+      n]`` each, or ``(feat,)`` ``[sims, n, frames, 4]``) for :func:`_states`, ``labels``
+      int32 ``[sims, n(n-1)]``.
     """
+    if system == kuramoto.NAME:
+        return _load_raw_features(data_dir, split, num_particles, mmap)
     paths = {
         k: os.path.join(data_dir, file_name(k, split, system, num_particles))
         for k in ("loc", "vel", "edges")
@@ -494,7 +603,38 @@ def _load_raw(data_dir: str, split: str, system: str, num_particles: int, mmap: 
     for kind, array in (("loc", loc), ("vel", vel), ("edges", edges)):
         _check_finite(array, paths[kind])
     labels = _edges_to_labels(edges, system, paths["edges"])
-    return loc, vel, labels
+    return (loc, vel), labels
+
+
+def _load_raw_features(data_dir: str, split: str, num_particles: int, mmap: bool):
+    """:func:`_load_raw` of NRI's Kuramoto layout (``feat`` ``[sims, n, frames, 4]``)."""
+    system = kuramoto.NAME
+    paths = {
+        k: os.path.join(data_dir, file_name(k, split, system, num_particles)) for k in kinds(system)
+    }
+    feat = _load_array(paths["feat"], mmap)
+    edges = _load_array(paths["edges"])
+    if feat.ndim != 4 or feat.shape[3] != 4:
+        raise ValueError(
+            f"{paths['feat']}: expected shape [sims, n, frames, 4] (NRI's Kuramoto layout), "
+            f"got {feat.shape}"
+        )
+    sims, n, frames, _ = feat.shape
+    if n != num_particles:
+        raise ValueError(
+            f"{paths['feat']}: has {n} oscillators (axis 1 of {feat.shape}) but "
+            f"num_particles={num_particles}"
+        )
+    if sims == 0 or frames == 0:
+        raise ValueError(f"{paths['feat']}: empty array of shape {feat.shape}")
+    if edges.shape != (sims, n, n):
+        raise ValueError(
+            f"{paths['edges']}: expected shape [sims, n, n] = {(sims, n, n)} to match "
+            f"{paths['feat']} {feat.shape}, got {edges.shape}"
+        )
+    for kind, array in (("feat", feat), ("edges", edges)):
+        _check_finite(array, paths[kind])
+    return (feat,), _edges_to_labels(edges, system, paths["edges"])
 
 
 def _check_finite(array: np.ndarray, path: str, chunk: int = 4096) -> None:
@@ -515,8 +655,15 @@ def _check_finite(array: np.ndarray, path: str, chunk: int = 4096) -> None:
 
 
 def _edges_to_labels(edges: np.ndarray, system: str, path: str) -> np.ndarray:
-    """``[sims, n, n]`` relation matrices -> int32 ``[sims, n(n-1)]`` labels."""
-    asymmetric = np.argwhere(edges != np.swapaxes(edges, 1, 2))
+    """``[sims, n, n]`` relation matrices -> int32 ``[sims, n(n-1)]`` labels.
+
+    Springs and charged relations are symmetric (checked); Kuramoto couplings are directed
+    (``edges[s, i, j] = k_ij``, j drives i: label 1 on edge ``j -> i``)."""
+    asymmetric = (
+        np.zeros((0, 3), np.int64)
+        if system == kuramoto.NAME
+        else np.argwhere(edges != np.swapaxes(edges, 1, 2))
+    )
     if len(asymmetric):
         sim, i, j = (int(v) for v in asymmetric[0])
         raise ValueError(
@@ -524,7 +671,7 @@ def _edges_to_labels(edges: np.ndarray, system: str, path: str) -> np.ndarray:
             f"{len(asymmetric) // 2} pairs differ, first simulation {sim}, pair ({i}, {j})"
         )
     directed = graph.matrix_to_edges(edges)
-    allowed = (0.0, 1.0) if system == "springs" else (-1.0, 1.0)
+    allowed = (-1.0, 1.0) if system == "charged" else (0.0, 1.0)
     bad = ~np.isin(directed, allowed)
     if bad.any():
         values = np.unique(directed[bad])[:5]
@@ -532,6 +679,25 @@ def _edges_to_labels(edges: np.ndarray, system: str, path: str) -> np.ndarray:
             f"{path}: {system} relations must be in {allowed} off the diagonal, found {values}"
         )
     return (directed > 0).astype(np.int32)
+
+
+def _statistics(system: str, arrays: tuple[np.ndarray, ...]) -> Normalization:
+    """The normalisation a training split's raw arrays give (Kuramoto: :data:`IDENTITY`)."""
+    return IDENTITY if system == kuramoto.NAME else Normalization.from_arrays(*arrays)
+
+
+def _states(arrays: tuple[np.ndarray, ...], norm: Normalization, chunk: int = 4096):
+    """Raw state files (``(loc, vel)`` or ``(feat,)``) -> normalised float32
+    ``[sims, frames, n, 4]``."""
+    if len(arrays) == 1:  # feat [sims, n, frames, 4]
+        (feat,) = arrays
+        sims, n, frames, dim = feat.shape
+        states = np.empty((sims, frames, n, dim), np.float32)
+        for start in range(0, sims, chunk):
+            raw = np.swapaxes(feat[start : start + chunk], 1, 2).astype(np.float64)
+            states[start : start + chunk] = norm.normalise(raw)
+        return states
+    return _normalise_split(*arrays, norm, chunk)
 
 
 def _normalise_split(loc: np.ndarray, vel: np.ndarray, norm: Normalization, chunk: int = 4096):
@@ -589,20 +755,21 @@ def load_dataset(
     loaded = {}
     for split in order:
         rows = train_rows if split == "train" else None
-        loc, vel, labels = _load_raw(data_dir, split, system, num_particles, rows is not None)
+        arrays, labels = _load_raw(data_dir, split, system, num_particles, rows is not None)
         if normalization is None:
-            normalization = Normalization.from_arrays(loc, vel)
+            normalization = _statistics(system, arrays)
         if rows is None:
-            loaded[split] = Split(_normalise_split(loc, vel, normalization), labels)
+            loaded[split] = Split(_states(arrays, normalization), labels)
             continue
+        num_sims = arrays[0].shape[0]
         rows = np.asarray(rows)
         if rows.dtype.kind not in "iu":
             raise TypeError(f"train_rows must be integer task ids, got dtype {rows.dtype}")
         rows = np.unique(rows.astype(np.int64))
-        if rows.size and (rows[0] < 0 or rows[-1] >= loc.shape[0]):
-            raise ValueError(f"train_rows must be in [0, {loc.shape[0]}), got {rows[[0, -1]]}")
-        states = _normalise_split(loc[rows], vel[rows], normalization)
-        loaded[split] = Split(TaskRows(states, rows, loc.shape[0]), labels)
+        if rows.size and (rows[0] < 0 or rows[-1] >= num_sims):
+            raise ValueError(f"train_rows must be in [0, {num_sims}), got {rows[[0, -1]]}")
+        states = _states(tuple(a[rows] for a in arrays), normalization)
+        loaded[split] = Split(TaskRows(states, rows, num_sims), labels)
     return Dataset(
         system=system,
         num_particles=num_particles,
@@ -613,7 +780,7 @@ def load_dataset(
 
 # Kipf's layout: {kind}_{split}_{system}{n}.npy (ours, the released files, the reference
 # NRI generator's output).
-_KIPF_FILE = re.compile(r"^(loc|vel|edges)_(train|valid|test)_([A-Za-z_]+?)(\d+)\.npy$")
+_KIPF_FILE = re.compile(r"^(loc|vel|feat|edges)_(train|valid|test)_([A-Za-z_]+?)(\d+)\.npy$")
 
 
 def folder_datasets(data_dir: str) -> dict[tuple[str, int], dict]:
@@ -638,7 +805,7 @@ def folder_datasets(data_dir: str) -> dict[tuple[str, int], dict]:
         kind, split, system, n = match.groups()
         entry = found.setdefault((system, int(n)), {"splits": {}, "kinds": {}})
         entry["kinds"].setdefault(split, []).append(kind)
-        if kind == "loc":
+        if kind in ("loc", "feat"):  # the states: their first axis counts simulations
             try:
                 shape = np.load(os.path.join(data_dir, name), mmap_mode="r").shape
                 entry["splits"][split] = int(shape[0]) if shape else None
@@ -681,8 +848,7 @@ def fingerprint(
     """
     files, digest = {}, hashlib.sha256()
     rows = None
-    for kind in ("loc", "vel", "edges"):
-        name = file_name(kind, split, system, num_particles)
+    for name in split_file_names(split, system, num_particles):
         array = _load_array(os.path.join(data_dir, name), mmap=True)
         files[name] = list(array.shape)
         if rows is None:
@@ -695,7 +861,7 @@ def fingerprint(
 
 def our_files(data_dir: str) -> set[str]:
     """The names in ``data_dir`` that :func:`generate_dataset` wrote: each readable
-    ``meta_{system}{n}.json`` and the nine ``.npy`` files of its dataset."""
+    ``meta_{system}{n}.json`` and the ``.npy`` files of its dataset (nine; Kuramoto six)."""
     if not os.path.isdir(data_dir):
         return set()
     ours = set()
@@ -705,7 +871,8 @@ def our_files(data_dir: str) -> set[str]:
             continue
         system, n = match.group(1), int(match.group(2))
         ours.add(name)
-        ours.update(file_name(k, sp, system, n) for sp in SPLITS for k in ("loc", "vel", "edges"))
+        names = _KINDS.get(system, _KINDS["springs"])
+        ours.update(file_name(k, sp, system, n) for sp in SPLITS for k in names)
     return ours
 
 
@@ -757,7 +924,7 @@ def check_files_match_meta(data_dir: str, meta: dict) -> None:
     """
     system, n = meta["system"], meta["num_particles"]
     for split in SPLITS:
-        path = os.path.join(data_dir, file_name("loc", split, system, n))
+        path = os.path.join(data_dir, split_file_names(split, system, n)[0])
         sims = np.load(path, mmap_mode="r", allow_pickle=False).shape[0]
         if sims != meta["num_sims"][split]:
             raise ValueError(
@@ -828,9 +995,7 @@ def ensure_dataset(
     wanted = generation_meta(
         system, num_train, num_valid, num_test, seed, num_particles, **generate_kwargs
     )
-    names = [
-        file_name(k, s, system, num_particles) for s in SPLITS for k in ("loc", "vel", "edges")
-    ]
+    names = dataset_file_names(system, num_particles)
     have_all = all(os.path.exists(os.path.join(data_dir, f)) for f in names)
     meta_path = os.path.join(data_dir, meta_file_name(system, num_particles))
     meta = _read_meta(meta_path) if os.path.exists(meta_path) else None
@@ -869,7 +1034,7 @@ def ensure_dataset(
             check_writable(data_dir)  # raises: these files are not ours to replace
         requested = {"train": num_train, "valid": num_valid, "test": num_test}
         for split in SPLITS:
-            path = os.path.join(data_dir, file_name("loc", split, system, num_particles))
+            path = os.path.join(data_dir, split_file_names(split, system, num_particles)[0])
             sims = np.load(path, mmap_mode="r", allow_pickle=False).shape[0]
             if sims != requested[split]:
                 raise ValueError(

@@ -11,9 +11,9 @@ import time
 import numpy as np
 from absl import flags, logging
 
-from nri_modular.data import datasets, physics
+from nri_modular.data import datasets
 
-_SYSTEM = flags.DEFINE_enum("system", "springs", list(physics.SYSTEMS), "System to simulate.")
+_SYSTEM = flags.DEFINE_enum("system", "springs", list(datasets.SYSTEMS), "System to simulate.")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Directory for the .npy files.", required=True)
 _NUM_TRAIN = flags.DEFINE_integer("num_train", 50000, "Training simulations.")
 _NUM_VALID = flags.DEFINE_integer("num_valid", 10000, "Validation simulations.")
