@@ -588,22 +588,30 @@ def _load_raw(data_dir: str, split: str, system: str, num_particles: int, mmap: 
             "([sims, frames, 2, n])"
         )
     sims, frames, _, n = loc.shape
+    arrays = {"loc": loc, "vel": vel, "edges": edges}
+    _check_split(paths, arrays, sims, frames, n, num_particles, "particles (last axis")
+    return (loc, vel), _edges_to_labels(edges, system, paths["edges"])
+
+
+def _check_split(paths, arrays, sims, frames, n, num_particles, counted: str) -> None:
+    """The checks every layout shares: the object count, non-empty, ``edges`` of shape
+    ``[sims, n, n]``, every value finite (``arrays`` states first, ``edges`` last)."""
+    states_kind = next(iter(arrays))
+    shape = arrays[states_kind].shape
     if n != num_particles:
         raise ValueError(
-            f"{paths['loc']}: has {n} particles (last axis of {loc.shape}) but "
+            f"{paths[states_kind]}: has {n} {counted} of {shape}) but "
             f"num_particles={num_particles}"
         )
     if sims == 0 or frames == 0:
-        raise ValueError(f"{paths['loc']}: empty array of shape {loc.shape}")
-    if edges.shape != (sims, n, n):
+        raise ValueError(f"{paths[states_kind]}: empty array of shape {shape}")
+    if arrays["edges"].shape != (sims, n, n):
         raise ValueError(
             f"{paths['edges']}: expected shape [sims, n, n] = {(sims, n, n)} to match "
-            f"{paths['loc']} {loc.shape}, got {edges.shape}"
+            f"{paths[states_kind]} {shape}, got {arrays['edges'].shape}"
         )
-    for kind, array in (("loc", loc), ("vel", vel), ("edges", edges)):
+    for kind, array in arrays.items():
         _check_finite(array, paths[kind])
-    labels = _edges_to_labels(edges, system, paths["edges"])
-    return (loc, vel), labels
 
 
 def _load_raw_features(data_dir: str, split: str, num_particles: int, mmap: bool):
@@ -620,20 +628,8 @@ def _load_raw_features(data_dir: str, split: str, num_particles: int, mmap: bool
             f"got {feat.shape}"
         )
     sims, n, frames, _ = feat.shape
-    if n != num_particles:
-        raise ValueError(
-            f"{paths['feat']}: has {n} oscillators (axis 1 of {feat.shape}) but "
-            f"num_particles={num_particles}"
-        )
-    if sims == 0 or frames == 0:
-        raise ValueError(f"{paths['feat']}: empty array of shape {feat.shape}")
-    if edges.shape != (sims, n, n):
-        raise ValueError(
-            f"{paths['edges']}: expected shape [sims, n, n] = {(sims, n, n)} to match "
-            f"{paths['feat']} {feat.shape}, got {edges.shape}"
-        )
-    for kind, array in (("feat", feat), ("edges", edges)):
-        _check_finite(array, paths[kind])
+    arrays = {"feat": feat, "edges": edges}
+    _check_split(paths, arrays, sims, frames, n, num_particles, "oscillators (axis 1")
     return (feat,), _edges_to_labels(edges, system, paths["edges"])
 
 
