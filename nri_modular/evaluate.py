@@ -119,6 +119,59 @@ def exact_scores(bank: ModuleBank, params: Params, states: jax.Array, config: Se
     return scores, structure_lib.exact_best_structure(scores, n, bank.num_modules)
 
 
+@functools.partial(jax.jit, static_argnames=("bank", "config"))
+def _exact_scores_batch(bank, params, states, config):
+    return exact_scores(bank, params, states, config)[0]
+
+
+def edge_penalties(
+    bank: ModuleBank,
+    params: Params,
+    states: np.ndarray,
+    structures: np.ndarray,
+    config: SearchConfig,
+    put: Callable[[np.ndarray], jax.Array] = jnp.asarray,
+    fetch: Callable[[jax.Array], np.ndarray] = np.asarray,
+) -> np.ndarray:
+    """Each edge's one-step penalty under each module at the searched structures.
+
+    The per-edge evidence of a search: for edge ``j -> i``, the one-step penalty of node
+    ``i``'s incoming edges (:func:`exact_scores`, the search's energy penalty) with that edge
+    given module ``m`` and the others as found (:func:`nri_modular.structure.edge_module_scores`).
+
+    Args:
+      states: ``[N, T_obs, n, 4]`` observed frames; ``structures`` int ``[N, E]``.
+
+    Returns:
+      ``[N, E, K]`` float32.
+    """
+    n_tasks, _, n, _ = states.shape
+    out = []
+    for idx, valid in batching.padded_batches(n_tasks, config.batch_size):
+        scores = fetch(_exact_scores_batch(bank, params, put(states[idx]), config))[:valid]
+        out.append(
+            structure_lib.edge_module_scores(scores, structures[idx[:valid]], n, bank.num_modules)
+        )
+    return np.concatenate(out).astype(np.float32)
+
+
+def edge_evidence(penalties: np.ndarray, mapping, relation: int) -> np.ndarray:
+    """How much better an edge's best module of ``relation`` explains the data than its best
+    module of any other relation: ``[N, E]`` (penalty gap; > 0 favours ``relation``).
+
+    Args:
+      penalties: ``[N, E, K]`` (:func:`edge_penalties`); ``mapping`` int ``[K]``.
+
+    Returns:
+      ``[N, E]``, or None when every module maps to one side (no gap exists).
+    """
+    mapping = np.asarray(mapping)
+    mine, others = mapping == relation, mapping != relation
+    if not mine.any() or not others.any():
+        return None
+    return penalties[..., others].min(-1) - penalties[..., mine].min(-1)
+
+
 @functools.partial(jax.jit, static_argnames=("bank", "config", "num_nodes", "proposal_apply"))
 def _search_batch(bank, params, states, key, config, num_nodes, proposal_params, proposal_apply):
     proposal_fn = structure_lib.make_move(
@@ -450,9 +503,13 @@ def meta_test(
             dim_scale=dim_scale,
         )
         mse, physical = (mse, None) if dim_scale is None else mse
+    penalties, evidence, auroc = _edge_scores(
+        config, bank, state.params, observed, structures, mapping, test.labels, put, fetch
+    )
     results = {
         "system": config.system,
         "edge_accuracy": metrics.edge_accuracy(structures, test.labels, mapping),
+        "auroc": auroc,
         "train_edge_accuracy": None
         if train_labels is None
         else metrics.edge_accuracy(train_structures, train_labels, mapping),
@@ -465,7 +522,35 @@ def meta_test(
         results.update(_mse_entries(physical, "_physical"))
     if keep_structures:
         results["structures"] = structures
+        results["edge_penalties"] = penalties
+        results["edge_evidence"] = evidence
     return results
+
+
+def _edge_scores(config, bank, params, observed, structures, mapping, labels, put, fetch):
+    """``(penalties [M, E, K], evidence [M, E], auroc)`` of meta-test's structures.
+
+    ``evidence`` favours an edge existing (any relation but the system's "no relation"
+    type, :data:`nri_modular.data.datasets.NO_RELATION`) and ``auroc`` is its AUROC against
+    the labels; both None for systems without that type (charged) or too many settings to
+    score exactly (``K^(n-1)`` above :data:`nri_modular.structure.MAX_EXACT_SETTINGS`).
+    """
+    n = observed.shape[2]
+    if bank.num_modules ** (n - 1) > structure_lib.MAX_EXACT_SETTINGS:
+        return None, None, None
+    penalties = edge_penalties(
+        bank, params, observed, structures, search_config(config), put, fetch
+    )
+    none = datasets.NO_RELATION.get(config.system)
+    if none is None:
+        return penalties, None, None
+    absent = edge_evidence(penalties, mapping, none)
+    if absent is None:
+        return penalties, None, None
+    evidence = -absent
+    exists = np.asarray(labels) != none
+    auroc = metrics.auroc(evidence, exists) if exists.any() and not exists.all() else None
+    return penalties, evidence, auroc
 
 
 def physical_scale(normalization: datasets.Normalization) -> np.ndarray:

@@ -97,19 +97,32 @@ def default_out(workdir: str, data_dir: str, split: str, step: int) -> str:
     return os.path.join(workdir, "eval", f"{split}_{os.path.basename(path)}-{tag}_step{step}.json")
 
 
-def save_inferred(path: str, structures: np.ndarray, mapping, labels: np.ndarray | None) -> None:
+def save_inferred(
+    path: str,
+    structures: np.ndarray,
+    mapping,
+    labels: np.ndarray | None,
+    edge_penalties: np.ndarray | None = None,
+    edge_evidence: np.ndarray | None = None,
+) -> None:
     """Writes the inferred structures of an evaluation (``.npz``, atomically).
 
     Arrays: ``structures`` int32 ``[M, E]`` (module of each directed edge, in
     :func:`nri_modular.graph.edge_index` order), ``module_to_relation`` int32 ``[K]``,
-    ``relations`` int32 ``[M, E]`` (``module_to_relation[structures]``) and, when the data
-    has labels, ``labels`` int32 ``[M, E]``.
+    ``relations`` int32 ``[M, E]`` (``module_to_relation[structures]``); when the data
+    has labels, ``labels`` int32 ``[M, E]``; when computed, ``edge_penalties`` float32
+    ``[M, E, K]`` (each edge's one-step penalty under each module,
+    :func:`nri_modular.evaluate.edge_penalties`) and ``edge_evidence`` float32 ``[M, E]``
+    (> 0: the data favours the edge existing; its AUROC is the results' ``auroc``).
     """
     arrays = {
         "structures": np.asarray(structures, np.int32),
         "module_to_relation": np.asarray(mapping, np.int32),
         "relations": np.asarray(mapping, np.int32)[np.asarray(structures)],
     }
+    for name, value in (("edge_penalties", edge_penalties), ("edge_evidence", edge_evidence)):
+        if value is not None:
+            arrays[name] = np.asarray(value, np.float32)
     if labels is not None:
         arrays["labels"] = np.asarray(labels, np.int32)
     atomic.write_atomic(path, lambda f: np.savez(f, **arrays), binary=True)
@@ -220,6 +233,7 @@ def evaluate_run(
         dim_scale=evaluate.physical_scale(normalization),
     )
     structures = results.pop("structures")
+    penalties, evidence = results.pop("edge_penalties"), results.pop("edge_evidence")
     results.update(
         train_edge_accuracy=entry["train_edge_accuracy"],
         workdir=os.path.abspath(workdir),
@@ -234,7 +248,7 @@ def evaluate_run(
     results["wall_seconds"] = time.time() - start
     evaluate.check_finite_results(results, out)
     # The numbers and the structures are saved before any figure is drawn.
-    save_inferred(results["inferred"], structures, entry["map"], data.labels)
+    save_inferred(results["inferred"], structures, entry["map"], data.labels, penalties, evidence)
     checkpoints.write_json_atomic(out, results)
     if num_plots > 0 and eval_config.horizon == 0:
         logging.info("horizon=0: no prediction, so no figure")

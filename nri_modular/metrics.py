@@ -91,6 +91,30 @@ def edge_accuracy(structures, labels, mapping):
     return float((np.asarray(mapping)[structures] == np.asarray(labels)).mean())
 
 
+def auroc(scores, labels) -> float:
+    """Area under the ROC curve of ``scores`` for the binary ``labels`` (ties count 1/2).
+
+    The probability that a random positive edge scores above a random negative one
+    (Mann-Whitney). Args: ``scores`` float ``[...]``, ``labels`` 0/1 ``[...]``.
+
+    Raises:
+      ValueError: only one class among the labels (no AUROC exists).
+    """
+    scores = np.asarray(scores, np.float64).ravel()
+    labels = np.asarray(labels).ravel().astype(bool)
+    pos, neg = int(labels.sum()), int((~labels).sum())
+    if pos == 0 or neg == 0:
+        raise ValueError(f"AUROC needs both classes; got {pos} positive and {neg} negative")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores), np.float64)
+    sorted_scores = scores[order]
+    # average ranks of tied scores
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    mean_rank = first + (counts + 1) / 2.0
+    ranks[order] = np.repeat(mean_rank, counts)
+    return float((ranks[labels].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+
+
 def squared_error_per_step(predictions, truth):
     """Per-task, per-step MSE over particles and state dims: ``[B, H, n, 4] -> [B, H]``."""
     if predictions.shape != truth.shape:

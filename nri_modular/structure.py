@@ -124,6 +124,31 @@ def propose_exact_local(
     return jnp.where(incoming_edge_mask(node, num_nodes), tiled, structure)
 
 
+def edge_module_scores(scores, structure, num_nodes: int, num_modules: int) -> np.ndarray:
+    """Each edge's score under each module, the node's other incoming edges as they are.
+
+    Reads the exact scores of every incoming setting (:func:`incoming_configs` order, the
+    first edge the most significant base-``K`` digit): for edge ``j -> i`` and module ``m``,
+    the score of node ``i``'s setting in ``structure`` with that one edge set to ``m``.
+
+    Args:
+      scores: ``[B, n, K^(n-1)]`` (e.g. :func:`nri_modular.evaluate.exact_scores`).
+      structure: int ``[B, n(n-1)]``.
+
+    Returns:
+      ``[B, n(n-1), K]`` numpy; at each edge's own module it is the structure's score.
+    """
+    scores, structure = np.asarray(scores), np.asarray(structure)
+    b, n, k = structure.shape[0], num_nodes, num_modules
+    digits = structure.reshape(b, n, n - 1).astype(np.int64)
+    weights = k ** np.arange(n - 2, -1, -1, dtype=np.int64)  # [n-1]
+    code = (digits * weights).sum(-1)  # [B, n] index of each node's setting
+    modules = np.arange(k, dtype=np.int64)
+    alt = code[:, :, None, None] + (modules - digits[..., None]) * weights[:, None]  # [B,n,n-1,K]
+    picked = np.take_along_axis(scores, alt.reshape(b, n, -1), axis=2)
+    return picked.reshape(b, n * (n - 1), k)
+
+
 def exact_best_structure(scores: jax.Array, num_nodes: int, num_modules: int) -> jax.Array:
     """Every node's best incoming setting at once: the exact argmin of the one-step loss.
 

@@ -57,6 +57,9 @@ _KINDS[kuramoto.NAME] = ("feat", "edges")
 # Relation types of each system (springs: none / spring; charged: opposite / like charges;
 # Kuramoto: not coupled / j drives i): module -> relation maps are chosen among them.
 NUM_RELATION_TYPES = dict.fromkeys(SYSTEMS, 2)
+# The relation type that means "no relation", where a system has one (edge existence, and
+# its AUROC, are defined there; charged particles always interact).
+NO_RELATION = {"springs": 0, kuramoto.NAME: 0}
 _SPLIT_IDS = {"train": 0, "valid": 1, "test": 2}  # default_rng([seed, id]) per split
 _META_VERSION = 1
 
