@@ -229,3 +229,28 @@ def final_state(workdir: str, config):
         manager.latest_step(), args=ocp.args.StandardRestore(setup.abstract_state)
     )
     return jax.tree.map(np.asarray, state)
+
+
+def teacher_problem(num_tasks: int = 8, frames: int = 6, num_nodes: int = 4):
+    """Trajectories of a random teacher bank (K = 2) rolled out under planted structures.
+
+    Returns:
+      ``(bank, teacher params, planted int32 [B, E], states float32 [B, frames, n, 4])``;
+      the planted structure has zero one-step loss under the teacher.
+    """
+    import jax.numpy as jnp
+    import numpy as np
+
+    from nri_modular import gnn
+    from nri_modular.modules import ModuleBank
+
+    bank = ModuleBank(2, (16, 16), (16, 16))
+    teacher = bank.init(jax.random.PRNGKey(42))
+    out = teacher["node"]["params"]["Dense_2"]  # gentle dynamics: rollouts stay O(1)
+    teacher["node"]["params"]["Dense_2"] = {**out, "kernel": out["kernel"] * 0.2}
+    edges = num_nodes * (num_nodes - 1)
+    planted = jax.random.randint(jax.random.PRNGKey(1), (num_tasks, edges), 0, 2)
+    initial = jax.random.normal(jax.random.PRNGKey(2), (num_tasks, num_nodes, 4))
+    traj = gnn.rollout(bank, teacher, initial, planted, frames - 1)
+    states = jnp.concatenate([initial[:, None], traj], axis=1)
+    return bank, teacher, np.asarray(planted, np.int32), np.asarray(states, np.float32)

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import teacher_problem
 
 from nri_modular import bouncegrad, evaluate, gnn, graph, metrics
 from nri_modular.data import physics
@@ -87,20 +88,6 @@ def test_cold_step_accepts_no_worse_structure_and_its_gradient_step_lowers_the_l
     assert float(after.mean()) < 0.7 * float(metrics["loss"])
 
 
-def _teacher_problem():
-    """Trajectories rolled out by a random teacher bank with planted structures."""
-    bank = ModuleBank(2, (16, 16), (16, 16))
-    teacher = bank.init(jax.random.PRNGKey(42))
-    # Gentle dynamics: scale the node module's output layer so rollouts stay O(1).
-    out = teacher["node"]["params"]["Dense_2"]
-    teacher["node"]["params"]["Dense_2"] = {**out, "kernel": out["kernel"] * 0.2}
-    planted = jax.random.randint(jax.random.PRNGKey(1), (32, N * (N - 1)), 0, 2)
-    initial = jax.random.normal(jax.random.PRNGKey(2), (32, N, 4))
-    traj = gnn.rollout(bank, teacher, initial, planted, 11)
-    states = np.asarray(jnp.concatenate([initial[:, None], traj], axis=1))  # [32, 12, N, 4]
-    return bank, teacher, np.asarray(planted), states
-
-
 @pytest.mark.parametrize(
     "proposal, steps, min_accuracy, min_exact_fraction",
     [("uniform", 400, 0.85, 0.3), ("exact_local", 50, 1.0, 1.0)],
@@ -112,7 +99,7 @@ def test_sa_recovers_planted_structure_with_true_modules(
     ones: the exact local moves always (the one-step loss decomposes over nodes); uniform
     single-edge moves on most edges (this random-teacher landscape is rugged: measured 0.89
     after 400 steps, 0.93 after 1,000)."""
-    bank, teacher, planted, states = _teacher_problem()
+    bank, teacher, planted, states = teacher_problem(32, 12, N)
     cfg = evaluate.SearchConfig(
         num_steps=steps,
         t_start=3e-3,
@@ -171,7 +158,7 @@ def test_meta_test_anneals_the_training_loss():
 
     assert evaluate.search_config(Config(loss="huber", huber_delta=0.02)).huber_delta == 0.02
     assert evaluate.search_config(Config(loss="mse")).huber_delta is None
-    bank, teacher, planted, states = _teacher_problem()
+    bank, teacher, planted, states = teacher_problem(32, 12, N)
     noisy = states + np.random.default_rng(0).normal(0, 0.05, states.shape).astype(np.float32)
     energies = {}
     for delta in (None, 0.01):

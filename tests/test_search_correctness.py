@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import final_state, flagfile_config, run_cli
+from conftest import final_state, flagfile_config, run_cli, teacher_problem
 
 from nri_modular import bouncegrad, gnn, graph
 from nri_modular import structure as structure_lib
@@ -26,31 +26,13 @@ N, K = 4, 2
 E = N * (N - 1)
 
 
-def _teacher_problem(num_tasks=8, frames=6):
-    """Trajectories of a random teacher bank rolled out under planted structures.
-
-    Returns:
-      ``(bank, teacher params, planted int32 [B, E], states float32 [B, frames, N, 4])``;
-      the planted structure has zero one-step loss under the teacher.
-    """
-    bank = ModuleBank(K, (16, 16), (16, 16))
-    teacher = bank.init(jax.random.PRNGKey(42))
-    out = teacher["node"]["params"]["Dense_2"]  # gentle dynamics: rollouts stay O(1)
-    teacher["node"]["params"]["Dense_2"] = {**out, "kernel": out["kernel"] * 0.2}
-    planted = jax.random.randint(jax.random.PRNGKey(1), (num_tasks, E), 0, K)
-    initial = jax.random.normal(jax.random.PRNGKey(2), (num_tasks, N, 4))
-    traj = gnn.rollout(bank, teacher, initial, planted, frames - 1)
-    states = jnp.concatenate([initial[:, None], traj], axis=1)
-    return bank, teacher, np.asarray(planted, np.int32), np.asarray(states, np.float32)
-
-
 def _incoming(structure):
     """``[B, E]`` receiver-major structures -> ``[B, N, N - 1]`` incoming edges per node."""
     return np.asarray(structure).reshape(-1, N, N - 1)
 
 
 def test_exact_local_move_from_a_non_optimal_start():
-    bank, teacher, planted, states = _teacher_problem()
+    bank, teacher, planted, states = teacher_problem()
     configs = jnp.asarray(structure_lib.incoming_configs(N, K))
     scores = gnn.incoming_config_losses(bank, teacher, jnp.asarray(states), configs)
 
