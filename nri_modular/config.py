@@ -15,13 +15,14 @@ import math
 
 import optax
 
-from nri_modular import bouncegrad, data, distributed, evaluate, gnn, structure_priors
+from nri_modular import bouncegrad, data, distributed, gnn, structure_priors
 from nri_modular.modules import ModuleBank
+from nri_modular.search_config import SearchConfig
 from nri_modular.structure import EXACT_KINDS, MAX_EXACT_SETTINGS, MOVE_KINDS
 
 SYSTEMS = data.SYSTEMS  # the one list: nri_modular.data.datasets
 _BG = bouncegrad.BounceGradConfig()  # the one source of the training defaults
-_SEARCH = evaluate.SearchConfig()  # ... and of the meta-test ones
+_SEARCH = SearchConfig()  # ... and of the meta-test ones
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +30,7 @@ class Config:
     """All settings of a meta-training + meta-test run.
 
     Defaults come from one place: the library's own settings (:class:`BounceGradConfig`
-    for training, :class:`nri_modular.evaluate.SearchConfig` for meta-test), which are the
+    for training, :class:`nri_modular.search_config.SearchConfig` for meta-test), which are the
     paper's choices where it makes one (no uniform moves mixed in, MSE); the flagfiles in
     ``experiments/flags/`` choose ours (the CPU demo's, the hour's, the paper's sizes).
     """

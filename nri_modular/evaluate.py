@@ -17,11 +17,9 @@ Protocol (Kipf et al. 2018, and the paper's Tables 1-2):
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -30,48 +28,10 @@ from absl import logging
 
 from nri_modular import annealing, bouncegrad, distributed, gnn, metrics, structure_priors
 from nri_modular import structure as structure_lib
+from nri_modular.config import Config
 from nri_modular.data import batching, datasets
 from nri_modular.modules import ModuleBank, Params
-
-if TYPE_CHECKING:  # config imports this module (SearchConfig holds the meta-test defaults)
-    from nri_modular.config import Config
-
-
-@dataclasses.dataclass(frozen=True)
-class SearchConfig:
-    """Meta-test structure search settings.
-
-    Attributes:
-      num_steps: annealing steps per task.
-      t_start, t_end: geometric temperature schedule.
-      p: rollout length of the energy (as in training).
-      batch_size: tasks annealed together (static shape; the last batch is padded).
-      proposal, uniform_mix: see :func:`nri_modular.structure.make_move`. Search
-        starts from the exact one-step optimum (exact kinds), else from the proposal
-        network's argmax when a network is given, else from a random structure.
-      symmetric_structure, node_types: structure priors: moves of
-        :func:`nri_modular.structure_priors.make_prior_move`, start of
-        :func:`nri_modular.structure_priors.prior_initial_structure` (with few node-type
-        structures: the exact optimum of the energy over all of them).
-      huber_delta: the energy's penalty (:func:`nri_modular.gnn.penalty`): ``None``
-        squared error, else Huber; a run's own (:func:`search_config`) is its training
-        loss, so meta-test anneals the energy that training annealed.
-    """
-
-    num_steps: int = 200
-    t_start: float = 1e-5
-    t_end: float = 1e-8
-    p: int = 10
-    batch_size: int = 250
-    proposal: str = "uniform"
-    uniform_mix: float = 0.0
-    exact_stride: int = 1
-    block_rows: int = 512
-    edge_compute: str = "blocked"
-    groups: int = 1
-    symmetric_structure: bool = False
-    node_types: int = 0
-    huber_delta: float | None = None
+from nri_modular.search_config import SearchConfig  # noqa: F401 (evaluate.SearchConfig)
 
 
 def search_config(config: Config) -> SearchConfig:
