@@ -85,12 +85,16 @@ def test_a_changed_record_fails_check_until_rerendered(tmp_path, capsys):
     args = ["--readme", readme, "--results_dir", results]
     assert rr.main(["--check", *args]) == 0
 
-    cell, run, seed, path = rr.find_records(results)[0]
-    with open(path, encoding="utf-8") as f:
-        record = json.load(f)
-    record["metrics"]["edge_accuracy"] = 0.5
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(record, f)
+    records = rr.find_records(results)
+    cell, run = records[0][:2]
+    for other_cell, other_run, _, path in records:  # every seed of that row: its mean is 50%
+        if (other_cell, other_run) != (cell, run):
+            continue
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+        record["metrics"]["edge_accuracy"] = 0.5
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(record, f)
 
     assert rr.main(["--check", *args]) == 1
     out = capsys.readouterr().out
