@@ -22,11 +22,6 @@ import shutil
 
 from absl import flags
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The finished run's folder.", required=True)
-_NAME = flags.DEFINE_string("name", None, "Name under pretrained/ (the flagfile's).", required=True)
-_ROOT = flags.DEFINE_string("root", "pretrained", "Folder of the exported models.")
-_MAX_BYTES = flags.DEFINE_integer("max_bytes", 2_000_000, "Refuse a model larger than this.")
-
 MANIFEST = "MANIFEST.json"
 
 
@@ -87,17 +82,28 @@ def export(workdir: str, dest: str, max_bytes: int) -> dict:
     return manifest
 
 
+def _define_flags() -> None:
+    """The command's flags (defined only when run: tests import this module's functions
+    beside other scripts' flags)."""
+    flags.DEFINE_string("workdir", None, "The finished run's folder.", required=True)
+    flags.DEFINE_string("name", None, "Name under pretrained/ (the flagfile's).", required=True)
+    flags.DEFINE_string("root", "pretrained", "Folder of the exported models.")
+    flags.DEFINE_integer("max_bytes", 2_000_000, "Refuse a model larger than this.")
+
+
 def main(argv):
     del argv
-    manifest = export(_WORKDIR.value, os.path.join(_ROOT.value, _NAME.value), _MAX_BYTES.value)
+    f = flags.FLAGS
+    dest = os.path.join(f.root, f.name)
+    manifest = export(f.workdir, dest, f.max_bytes)
     print(
-        f"exported step {manifest['step']} of {_WORKDIR.value} to "
-        f"{os.path.join(_ROOT.value, _NAME.value)} ({manifest['bytes']} bytes, "
-        f"{len(manifest['files'])} files)"
+        f"exported step {manifest['step']} of {f.workdir} to {dest} ({manifest['bytes']} "
+        f"bytes, {len(manifest['files'])} files)"
     )
 
 
 if __name__ == "__main__":
     from nri_modular import cli
 
+    _define_flags()
     cli.run_main(main)
