@@ -38,7 +38,6 @@ from nri_modular import (
     distributed,
     evaluate,
     evaluate_saved,
-    gnn,
     proposal_net,
 )
 from nri_modular import config as config_lib
@@ -349,26 +348,6 @@ def temperatures(settings: evaluate.SearchConfig) -> jax.Array:
     return annealing.geometric_temperatures(settings.t_start, settings.t_end, settings.num_steps)
 
 
-def energy_fn(bank: ModuleBank, params, states, settings: evaluate.SearchConfig):
-    """``structure [B, E] -> [B]``: meta-test's annealing energy (``p``-step rollout
-    penalty of the run's loss), as :func:`nri_modular.evaluate.search_structures` anneals."""
-
-    def energy(s):
-        return gnn.rollout_loss(
-            bank,
-            params,
-            states,
-            s,
-            settings.p,
-            block_rows=settings.block_rows,
-            edge_compute=settings.edge_compute,
-            groups=settings.groups,
-            huber_delta=settings.huber_delta,
-        )
-
-    return energy
-
-
 def make_search_fns(bank: ModuleBank, proposal_apply, settings: evaluate.SearchConfig, n: int):
     """Search functions of one method's ``settings`` (:func:`method_settings`).
 
@@ -395,19 +374,19 @@ def make_search_fns(bank: ModuleBank, proposal_apply, settings: evaluate.SearchC
 
     def start(params, states, s, k_anneal):
         """The annealing state of initial structures ``s``: their energies evaluated."""
-        energy = energy_fn(bank, params, states, settings)(s)
+        energy = evaluate.search_energy(bank, params, states, settings)(s)
         return annealing.AnnealState(s, energy, k_anneal, jnp.float32(settings.t_start))
 
     def chunk(params, states, state, aux, temps):
         state, _ = annealing.anneal(
-            state, energy_fn(bank, params, states, settings), proposal_fn, temps, aux
+            state, evaluate.search_energy(bank, params, states, settings), proposal_fn, temps, aux
         )
         return state
 
     def one_step(params, states, state, temperature):
         state, _ = annealing.anneal_step(
             state.replace(temperature=temperature),
-            energy_fn(bank, params, states, settings),
+            evaluate.search_energy(bank, params, states, settings),
             proposal_fn,
             None,
         )

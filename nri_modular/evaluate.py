@@ -132,11 +132,9 @@ def edge_evidence(penalties: np.ndarray, mapping, relation: int) -> np.ndarray:
     return penalties[..., others].min(-1) - penalties[..., mine].min(-1)
 
 
-@functools.partial(jax.jit, static_argnames=("bank", "config", "num_nodes", "proposal_apply"))
-def _search_batch(bank, params, states, key, config, num_nodes, proposal_params, proposal_apply):
-    proposal_fn = structure_lib.make_move(
-        config.proposal, bank.num_modules, num_nodes, config.uniform_mix
-    )
+def search_energy(bank: ModuleBank, params: Params, states, config: SearchConfig) -> Callable:
+    """``structure [B, E] -> [B]``: meta-test's annealing energy, the ``p``-step rollout
+    penalty of ``config`` (the run's loss, :func:`search_config`) on ``states``."""
 
     def energy_fn(s):
         return gnn.rollout_loss(
@@ -150,6 +148,16 @@ def _search_batch(bank, params, states, key, config, num_nodes, proposal_params,
             groups=config.groups,
             huber_delta=config.huber_delta,
         )
+
+    return energy_fn
+
+
+@functools.partial(jax.jit, static_argnames=("bank", "config", "num_nodes", "proposal_apply"))
+def _search_batch(bank, params, states, key, config, num_nodes, proposal_params, proposal_apply):
+    proposal_fn = structure_lib.make_move(
+        config.proposal, bank.num_modules, num_nodes, config.uniform_mix
+    )
+    energy_fn = search_energy(bank, params, states, config)
 
     k_init, k_anneal = jax.random.split(key)
     logits = None
