@@ -205,8 +205,14 @@ def _train_steps(config: config_lib.Config) -> int:
     return config.num_epochs * (config.num_train // config.batch_size)
 
 
+# Config fields the true-edges trainer reads that are off by default: in the cache key only
+# when set, so the cache folders of models trained before they were read keep their names.
+_KEYED_WHEN_SET = ("final_learning_rate", "module_init_spread")
+
+
 def model_meta(system: str, config: config_lib.Config) -> dict:
     """What the cached modules + proposal were trained with (their cache key)."""
+    set_fields = {k: getattr(config, k) for k in _KEYED_WHEN_SET if getattr(config, k)}
     return {
         "system": system,
         "num_particles": config.num_particles,
@@ -223,6 +229,7 @@ def model_meta(system: str, config: config_lib.Config) -> dict:
         "obs_frames": config.obs_frames,
         "num_train": config.num_train,
         "data_seed": config.data_seed,
+        **set_fields,
     }
 
 
@@ -241,9 +248,12 @@ def train_or_load(
 ) -> Trained:
     """Modules and proposal trained on the true training structures (or the cached ones).
 
-    Module ``k`` is trained on relation type ``k`` (the map is the identity), with the
-    squared error (:func:`nri_modular.baselines.true_edges.train_true_edges`' default), so
-    they are searched with the MSE energy (``trained.config.loss == "mse"``).
+    Module ``k`` is trained on relation type ``k`` (the map is the identity) by the one
+    true-edges trainer with every setting from ``config``
+    (:func:`nri_modular.baselines.true_edges.train_true_edges_from_config`: bank, step-size
+    schedule, edge layout), except the loss: always the squared error (``--supervised``
+    models are MSE models), so they are searched with the MSE energy
+    (``trained.config.loss == "mse"``).
     """
     config = dataclasses.replace(config, loss="mse")
     n = train.num_particles
@@ -252,7 +262,7 @@ def train_or_load(
             f"the proposal network reads obs_frames={config.obs_frames} frames but the "
             f"training trajectories have {train.num_frames}"
         )
-    bank = ModuleBank(config.num_modules, config.edge_hidden, config.node_hidden)
+    bank = config_lib.build_bank(config)
     init_fn, apply_fn = proposal_net.make_proposal_network(
         config.num_modules, n, config.proposal_hidden
     )
@@ -285,18 +295,15 @@ def train_or_load(
 
     log(f"[{system}] training modules + proposal on the true structures: {path}")
     start = time.perf_counter()
-    params, proposal_params = true_edges.train_true_edges(
-        bank,
-        optax.adam(config.learning_rate),
+    params, proposal_params = true_edges.train_true_edges_from_config(
+        config,
         train,
         num_steps=_train_steps(config),
-        batch_size=config.batch_size,
-        p=config.p,
-        seed=config.seed,
         proposal=true_edges.ProposalTraining(
             apply_fn, proposal_init, optax.adam(config.proposal_learning_rate)
         ),
         log=lambda line: log(f"[{system}] {line}"),
+        log_every=200,
     )
     train_seconds = time.perf_counter() - start
     checkpoints.save_model(

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from nri_modular import annealing, gnn, structure_priors
+from nri_modular import annealing, gnn, proposal_net, structure_priors
 from nri_modular import structure as structure_lib
 from nri_modular.modules import ModuleBank, Params
 
@@ -346,8 +346,7 @@ def make_bouncegrad_step(
         if proposal_apply is not None and proposal_optimizer is not None:
 
             def xent(pp):
-                lg = proposal_apply(pp, batch.states)
-                return optax.softmax_cross_entropy_with_integer_labels(lg, structure).mean()
+                return proposal_net.proposal_loss(proposal_apply, pp, batch.states, structure)
 
             proposal_loss, pgrads = jax.value_and_grad(xent)(proposal_params)
             pupdates, proposal_opt_state = proposal_optimizer.update(

@@ -149,14 +149,20 @@ def make_proposal_network(
 
 
 def proposal_loss(apply_fn: ApplyFn, params: Params, states: jax.Array, targets: jax.Array):
-    """Mean per-edge cross-entropy of the proposal against target structures.
+    """Mean per-edge softmax cross-entropy of the proposal's logits against structures.
+
+    The proposal network's one training loss, wherever it is trained: BounceGrad's step 3
+    (:mod:`nri_modular.bouncegrad`; targets: the current structures, which the true-edges
+    trainer holds at the labels), :func:`make_supervised_step` and the supervised encoder
+    baseline (:mod:`nri_modular.baselines.nri`; targets: the true relations).
 
     Args:
+      apply_fn: ``(params, states) -> logits [B, n(n-1), K]``.
       states: ``[B, T, n, 4]``.
       targets: int32 ``[B, n(n-1)]`` structures (module index per edge).
 
     Returns:
-      Scalar loss (the one BounceGrad's proposal update minimises).
+      Scalar: the mean over the ``B * n(n-1)`` edges.
     """
     logits = apply_fn(params, states)
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()

@@ -242,3 +242,40 @@ def test_meta_train_step_is_the_runs(tiny_data_dir):
             )
             assert float(metrics["loss"]) == pytest.approx(float(huber.mean()), rel=1e-5)
     jax.tree.map(np.testing.assert_array_equal, state.params, ref_state.params)
+
+
+# ----------------------------------------------------------------------------------------
+# --supervised: modules trained on the true structures by the one true-edges trainer.
+
+
+def test_supervised_models_take_the_configs_schedule_and_cache_key(tmp_path, tiny_data_dir):
+    """``--supervised`` modules are the true-edges trainer's of the benchmark's config
+    (:func:`true_edges.train_true_edges_from_config`): its step-size schedule (a cosine to
+    ``final_learning_rate``, once silently dropped for a constant step) and bank, with the
+    MSE loss whatever ``--loss`` says; the schedule is in the cache key only when set, so
+    the cache folders of default settings keep their names."""
+    from nri_modular.baselines import true_edges
+
+    config = flagfile_config(data_dir=tiny_data_dir, final_learning_rate=1e-4, loss="huber")
+    data = loading.load_data(config)
+    default_meta = lib.model_meta("springs", dataclasses.replace(config, final_learning_rate=0.0))
+    assert "final_learning_rate" not in default_meta
+    assert lib.model_meta("springs", config) == {**default_meta, "final_learning_rate": 1e-4}
+
+    trained = lib.train_or_load("springs", data.train, config, str(tmp_path), log=lambda _: None)
+    assert not trained.from_cache and trained.config.loss == "mse"
+    mse_run = dataclasses.replace(config, loss="mse")
+    expected, _ = true_edges.train_true_edges_from_config(mse_run, data.train)
+    constant, _ = true_edges.train_true_edges_from_config(
+        dataclasses.replace(mse_run, final_learning_rate=0.0), data.train
+    )
+    got = jax.tree.leaves(trained.params)
+    for a, b in zip(got, jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    assert not all(
+        np.allclose(a, b, rtol=1e-4, atol=1e-6)
+        for a, b in zip(got, jax.tree.leaves(constant), strict=True)
+    )
+    again = lib.train_or_load("springs", data.train, config, str(tmp_path), log=lambda _: None)
+    assert again.from_cache and again.cache_path == trained.cache_path
+    jax.tree.map(np.testing.assert_array_equal, again.params, trained.params)

@@ -141,8 +141,8 @@ def test_upper_bound_arm_trains_on_the_labels_and_writes_curve_points(tiny_data_
     for r in rows:
         assert r["train_edge_accuracy"] == 1.0  # the structures stayed the labels
     assert final["tasks_seen"] == 2 * 10
-    # Trained by the one true-edges trainer: its 2 steps with the run's step settings give
-    # the saved modules bit for bit.
+    # Trained by the one true-edges trainer: its 2 steps with the run's settings (bank,
+    # schedule, loss, edge layout: all from the config) give the saved modules bit for bit.
     import nri_modular as nm
     from nri_modular import checkpoints, evaluate
     from nri_modular import config as config_lib
@@ -150,16 +150,7 @@ def test_upper_bound_arm_trains_on_the_labels_and_writes_curve_points(tiny_data_
 
     saved, meta = checkpoints.load_model(str(tmp_path / "model_upper_bound"))
     assert meta["arm"] == "upper_bound" and meta["step"] == 2
-    expected, _ = true_edges.train_true_edges(
-        config_lib.build_bank(config),
-        config_lib.module_optimizer(config),
-        data.train,
-        num_steps=2,
-        batch_size=config.batch_size,
-        p=config.p,
-        seed=config.seed,
-        step_config=config_lib.bouncegrad_config(config),
-    )
+    expected, _ = true_edges.train_true_edges_from_config(config, data.train, num_steps=2)
     _assert_same_params(saved, expected)
     # The final point's numbers, by hand from the saved modules on the 4 valid tasks
     # (module k = relation type k, the map of the label structures).

@@ -261,8 +261,7 @@ class SupervisedMethod(_EncoderArgmax, base.Method):
         sample = jnp.zeros((1, cfg.obs_frames, cfg.num_particles, 4), jnp.float32)
 
         def loss(params, states, labels, key=None):
-            logits = self.apply_enc(params, states)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            return proposal_net.proposal_loss(self.apply_enc, params, states, labels)
 
         return self._fit_adam(lambda k: self.init_enc(k, sample), loss, loss, data)
 

@@ -13,6 +13,14 @@ learns to predict the true relations from the trajectories).
 
 Batches are the training epochs of :func:`nri_modular.data.task_batches` (``seed``,
 epoch), so the data order is that of a meta-training run with the same seed.
+
+A run's :class:`~nri_modular.config.Config` gives every setting at once
+(:func:`train_true_edges_from_config`): the bank, optimiser (step-size schedule included)
+and step settings (loss, ``huber_delta``, edge layout) come from the library's builders
+(:func:`nri_modular.config.build_bank`, :func:`~nri_modular.config.module_optimizer`,
+:func:`~nri_modular.config.bouncegrad_config`), the ones :func:`nri_modular.train.build`
+uses, so the modules are those of that run's trainer with the structures held at the
+labels (``experiments/upper_bound.py``'s ``upper_bound`` arm, bit for bit on one device).
 """
 
 from __future__ import annotations
@@ -27,6 +35,8 @@ import numpy as np
 import optax
 
 from nri_modular import bouncegrad
+from nri_modular import config as config_lib
+from nri_modular.config import Config
 from nri_modular.data import Split, task_batches
 from nri_modular.modules import ModuleBank, Params
 
@@ -82,7 +92,9 @@ def true_edges_step(
     Args:
       bank, optimizer, train, seed, proposal: as in :func:`train_true_edges`.
       step_config: the step's settings (``p``, loss, edge layout); ``sa_steps`` is set
-        to 0 (no annealing).
+        to 0 (no annealing), and so no move is ever made: the move is set to
+        ``"uniform"`` (a run's ``blocked_gibbs`` would otherwise ask for a proposal
+        network that the step never reads).
 
     Returns:
       ``(state, step)``: the state from ``PRNGKey(seed)`` with every training task's
@@ -104,7 +116,7 @@ def true_edges_step(
         bouncegrad.make_bouncegrad_step(
             bank,
             optimizer,
-            dataclasses.replace(step_config, sa_steps=0),
+            dataclasses.replace(step_config, sa_steps=0, proposal="uniform", uniform_mix=0.0),
             n,
             None if proposal is None else proposal.apply,
             None if proposal is None else proposal.optimizer,
@@ -180,3 +192,55 @@ def train_true_edges(
         elif log is None:
             window = []
     return state.params, state.proposal_params
+
+
+def train_true_edges_from_config(
+    config: Config,
+    train: Split,
+    *,
+    proposal: ProposalTraining | None = None,
+    num_steps: int | None = None,
+    log: Callable[[str], None] | None = None,
+    log_every: int | None = None,
+) -> tuple[Params, Params]:
+    """:func:`train_true_edges` with every setting from a run's config.
+
+    The bank (:func:`nri_modular.config.build_bank`), the module optimiser with its
+    step-size schedule (:func:`~nri_modular.config.module_optimizer`: constant, or a
+    cosine decay to ``final_learning_rate`` over the run's steps) and the step settings
+    (:func:`~nri_modular.config.bouncegrad_config`: ``p``, ``loss`` and ``huber_delta``,
+    ``block_rows``, ``edge_compute``, ``task_shards``) are the ones
+    :func:`nri_modular.train.build` gives the run; ``batch_size`` and ``seed`` are the
+    config's.
+
+    Args:
+      config: the run's config (``num_train`` is the training split's size: the
+        schedule spans ``num_epochs * (num_train // batch_size)`` steps).
+      train: the training split.
+      proposal: also train the learned proposal network (see :class:`ProposalTraining`).
+      num_steps: optimiser steps (default: the run's, ``num_epochs * (num_train //
+        batch_size)``).
+      log, log_every: as in :func:`train_true_edges` (default ``config.log_every``).
+
+    Returns:
+      ``(params, proposal_params)`` as :func:`train_true_edges` returns them; the
+      parameters are those of ``build_bank(config)``.
+    """
+    if train.num_tasks != config.num_train:
+        raise ValueError(
+            f"the training split has {train.num_tasks} tasks, num_train is {config.num_train}"
+        )
+    run_steps = config.num_epochs * (config.num_train // config.batch_size)
+    return train_true_edges(
+        config_lib.build_bank(config),
+        config_lib.module_optimizer(config),
+        train,
+        num_steps=run_steps if num_steps is None else num_steps,
+        batch_size=config.batch_size,
+        p=config.p,
+        seed=config.seed,
+        proposal=proposal,
+        log=log,
+        log_every=config.log_every if log_every is None else log_every,
+        step_config=config_lib.bouncegrad_config(config),
+    )
