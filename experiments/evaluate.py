@@ -1,6 +1,7 @@
-"""Evaluates a trained run on any Kipf-layout data, with the run's own constants.
+"""Evaluates a trained run on any Kipf-layout data or own dataset, with the run's own constants.
 
   python experiments/evaluate.py --workdir=runs/springs_demo --data_dir=data
+  python experiments/evaluate.py --workdir=runs/mine --data_dir=DIR --dataset=NAME
 
 Rebuilds the model from the run's config, restores a checkpoint (default: the latest),
 loads one split of --data_dir (ours, Kipf et al.'s released files, the reference
@@ -8,13 +9,19 @@ generator's output; only that split needs to exist), normalises it with the run'
 training constants, searches every system's structure and predicts as at the end of
 training, then prints and writes edge accuracy (the run's module -> relation map), MSE
 per step (normalised and physical units), search time and a PNG of a few systems. On the
-run's own test split this reproduces its results.json.
+run's own test split this reproduces its results.json. The inferred structures and per-edge
+scores of every system are saved beside the JSON (inferred_<split>.npz, written before any
+figure; see evaluate_saved.save_inferred). Data without labels gets the structures, the
+prediction error and each module's share of the edges.
 """
 
 from absl import flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run's folder.", required=True)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Kipf-layout data folder.", required=True)
+_DATASET = flags.DEFINE_string(
+    "dataset", None, "One's own dataset NAME in --data_dir (default: the run's own data)."
+)
 _SPLIT = flags.DEFINE_enum("split", "test", ["test", "valid", "train"], "Split to evaluate.")
 _NUM_TASKS = flags.DEFINE_integer("num_tasks", 0, "Evaluate the first N systems (0: all).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
@@ -71,6 +78,7 @@ def main(argv):
         overrides=overrides,
         out=_OUT.value,
         num_plots=_NUM_PLOTS.value,
+        dataset=_DATASET.value,
     )
     print(reporting.format_evaluation(results))
 

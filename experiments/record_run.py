@@ -22,6 +22,9 @@ _COMMIT = flags.DEFINE_string("commit", None, "The commit it ran at.", required=
 _LOAD = flags.DEFINE_string("load", "idle", "The machine's load while it ran.")
 _WALL = flags.DEFINE_float("wall_seconds", None, "Measured wall time (default: results').")
 _OUT = flags.DEFINE_string("out", None, "The record's path (.json).", required=True)
+_SCORES = flags.DEFINE_string(
+    "scores", None, "A JSON of further numbers measured on the run (e.g. an example's score)."
+)
 
 
 def main(argv):
@@ -49,6 +52,10 @@ def main(argv):
         "metrics": {k: v for k, v in results.items() if k != "mse_per_step"},
         "mse_per_step": results.get("mse_per_step"),
     }
+    if _SCORES.value:
+        with open(_SCORES.value, encoding="utf-8") as f:
+            record["scores"] = json.load(f)
+        record["scores_file"] = _SCORES.value
     os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
     with open(_OUT.value, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=1, allow_nan=False)

@@ -37,6 +37,8 @@ from nri_modular.config import Config
 # Fields that change the shapes in a checkpoint (named first when a resume is refused).
 STATE_FIELDS = (
     "system",
+    "dataset",
+    "state_dim",
     "num_particles",
     "num_train",
     "num_modules",
@@ -77,6 +79,7 @@ META_TEST_FIELDS = (
     "test_batch_size",
     "obs_frames",
     "horizon",
+    "no_relation",
 )
 # With a constant step size (final_learning_rate = 0) a run may be extended (num_epochs)
 # and its step size changed from the checkpoint on; with a decaying one these fix the
@@ -212,6 +215,7 @@ def write_run_meta(
     train_data: dict,
     module_to_relation: dict | None = None,
     segments: list | None = None,
+    relations: dict | None | str = "unset",
 ) -> dict:
     """Writes ``<workdir>/run.json`` (atomically) and returns it.
 
@@ -225,6 +229,9 @@ def write_run_meta(
       segments: ``[{"start_step": k, "changed": {field: [before, after]}}]``: where the
         run started and each resume, with the settings it changed (see
         :data:`RESUMABLE_FIELDS`): ``config`` is the latest segment's.
+      relations: ``{"num_types": R, "none": code or None}`` of the training labels, or
+        None (unlabelled data); left out (``"unset"``) by runs made before it, which are
+        read as their simulated system's.
     """
     meta = {
         "config": config_json(config),
@@ -233,6 +240,8 @@ def write_run_meta(
         "module_to_relation": dict(module_to_relation or {}),
         "segments": list(segments or []),
     }
+    if relations != "unset":
+        meta["relations"] = relations
     write_json_atomic(os.path.join(workdir, RUN_META), meta)
     return meta
 

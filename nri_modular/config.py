@@ -16,6 +16,7 @@ import math
 import optax
 
 from nri_modular import bouncegrad, data, distributed, gnn, structure_priors
+from nri_modular.data import own
 from nri_modular.modules import ModuleBank
 from nri_modular.search_config import SearchConfig
 from nri_modular.structure import EXACT_KINDS, MAX_EXACT_SETTINGS, MOVE_KINDS
@@ -36,7 +37,8 @@ class Config:
     """
 
     # Data.
-    system: str = "springs"
+    system: str = "springs"  # a simulated system, generated into data_dir ("" with dataset)
+    dataset: str = ""  # one's own dataset NAME in data_dir (nri_modular/data/own.py)
     data_dir: str = "data"
     num_particles: int = 5
     num_train: int = 2000
@@ -44,6 +46,8 @@ class Config:
     num_test: int = 1000
     data_seed: int = 42
     regenerate_data: bool = False  # regenerate our own dataset in data_dir if it differs
+    state_dim: int = 4  # channels per object and frame: (x, y, vx, vy); own data: 2D or F
+    no_relation: int = -1  # own labelled data: the code of "no relation" (AUROC); -1: none
     # Model.
     num_modules: int = 2
     edge_hidden: tuple[int, ...] = (64, 64, 64)
@@ -99,7 +103,25 @@ class Config:
         return "blocked_gibbs" in (self.proposal, self.test_proposal)
 
     def __post_init__(self):
-        _check(self.system in SYSTEMS, f"unknown system {self.system!r}; expected one of {SYSTEMS}")
+        if self.dataset:
+            _check(
+                self.system == "",
+                f"--dataset={self.dataset} (one's own data) and --system={self.system} (a "
+                "simulated one) exclude each other: leave --system empty",
+            )
+            own.check_name(self.dataset)
+        else:
+            _check(
+                self.system in SYSTEMS,
+                f"unknown system {self.system!r}; expected one of {SYSTEMS}, or --dataset=NAME "
+                "for one's own data",
+            )
+            _check(
+                self.state_dim == 4,
+                f"simulated systems have 4 state channels, got state_dim={self.state_dim}",
+            )
+        _check(self.state_dim >= 1, f"state_dim must be positive, got {self.state_dim}")
+        _check(self.no_relation >= -1, f"no_relation must be >= -1, got {self.no_relation}")
         _check(
             self.proposal in MOVE_KINDS,
             f"unknown proposal {self.proposal!r}; expected one of {MOVE_KINDS}",
@@ -142,7 +164,13 @@ class Config:
         _check(self.sa_steps >= 0, f"sa_steps must be >= 0, got {self.sa_steps}")
         _check(self.horizon >= 0, f"horizon must be >= 0 (0: structures only), got {self.horizon}")
         _check(self.num_particles >= 2, f"num_particles must be >= 2, got {self.num_particles}")
-        _check(self.num_modules >= 2, f"num_modules must be >= 2, got {self.num_modules}")
+        # K = 1: one module for every pair (no structure to infer), the baseline of choosing K.
+        _check(self.num_modules >= 1, f"num_modules must be >= 1, got {self.num_modules}")
+        _check(
+            self.num_modules > 1 or not self.uses_proposal_network,
+            "num_modules=1 has no structure to propose: use --proposal / --test_proposal "
+            "exact_local or uniform",
+        )
         structure_priors.check_prior(
             self.num_modules, self.num_particles, self.symmetric_structure, self.node_types
         )
@@ -230,12 +258,21 @@ def define_flags(flags_module, system_default: str = "springs") -> None:
     """Defines one absl flag per :class:`Config` field (plus ``--workdir``)."""
     flags = flags_module
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
-    defaults = Config(system=system_default)
+    defaults = Config()  # the defaults of every field, but --system's
     for field in dataclasses.fields(Config):
         value = getattr(defaults, field.name)
         help_text = f"Config.{field.name}"
         if field.name == "system":
-            flags.DEFINE_enum("system", value, list(SYSTEMS), "Physical system.")
+            flags.DEFINE_enum(
+                "system",
+                system_default,
+                ["", *SYSTEMS],
+                "Simulated system, generated into --data_dir ('' with --dataset).",
+            )
+        elif field.name == "dataset":
+            flags.DEFINE_string(
+                "dataset", value, "One's own dataset NAME in --data_dir (nri_modular/data/own.py)."
+            )
         elif field.name in ("proposal", "test_proposal"):
             flags.DEFINE_enum(field.name, value, list(MOVE_KINDS), "Annealing move kind.")
         elif field.name == "edge_compute":
@@ -274,6 +311,7 @@ def build_bank(config: Config) -> ModuleBank:
         config.num_modules,
         config.edge_hidden,
         config.node_hidden,
+        state_dim=config.state_dim,
         init_spread=config.module_init_spread,
     )
 

@@ -391,6 +391,7 @@ def meta_test(
     mapping=None,
     keep_structures: bool = False,
     dim_scale: np.ndarray | None = None,
+    relations: datasets.Relations | None | str = "system",
 ) -> dict:
     """Structure search on the test tasks' observed frames, then prediction and accuracy.
 
@@ -408,13 +409,17 @@ def meta_test(
         ``train_labels`` (e.g. the one a run saved); ``train_labels`` may then be None.
       keep_structures: also return the searched structures (``"structures"``, int32
         ``[M, E]``, not JSON).
-      dim_scale: ``[4]`` factors of (x, y, vx, vy) errors (:func:`physical_scale`): the
-        same rollouts also give the MSE in those units (``*_physical`` entries).
+      dim_scale: ``[state_dim]`` factors of each channel's errors (:func:`physical_scale`):
+        the same rollouts also give the MSE in those units (``*_physical`` entries).
+      relations: what the labels mean (:class:`~nri_modular.data.datasets.Relations`; the
+        dataset's ``relations``); ``"system"`` (default): those of ``config.system``; None:
+        no labels (one's own unlabelled data).
 
     Returns:
-      The results: edge accuracy (test, and of the training structures), MSE at 1/10/20
-      steps and per step (and in physical units with ``dim_scale``), the module ->
-      relation map, the search time.
+      The results: edge accuracy (test, and of the training structures; None without
+      labels or map), AUROC, MSE at 1/10/20 steps and per step (and in physical units with
+      ``dim_scale``), the module -> relation map, the fraction of test edges each module
+      drives (``module_usage``), the search time.
     """
     start = time.time()
     put, fetch = jnp.asarray, np.asarray
@@ -426,14 +431,14 @@ def meta_test(
 
         fetch = distributed.to_host
     train_structures = distributed.to_host(state.structures)
-    if mapping is None:
+    if isinstance(relations, str):
+        relations = datasets.system_relations(config.system)
+    if mapping is None and train_labels is not None and relations is not None:
         mapping = metrics.module_mapping(
-            train_structures,
-            train_labels,
-            config.num_modules,
-            datasets.NUM_RELATION_TYPES[config.system],
+            train_structures, train_labels, config.num_modules, relations.num_types
         )
-    mapping = np.asarray(mapping)
+    mapping = None if mapping is None else np.asarray(mapping)
+    labelled = mapping is not None and test.labels is not None
     observed = test.states[:, : config.obs_frames]
 
     def progress(done, total):
@@ -472,17 +477,31 @@ def meta_test(
         )
         mse, physical = (mse, None) if dim_scale is None else mse
     penalties, evidence, auroc = _edge_scores(
-        config, bank, state.params, observed, structures, mapping, test.labels, put, fetch
+        config,
+        bank,
+        state.params,
+        observed,
+        structures,
+        mapping,
+        test.labels,
+        None if relations is None else relations.none,
+        put,
+        fetch,
     )
+    usage = np.bincount(np.ravel(structures), minlength=config.num_modules) / structures.size
     results = {
         "system": config.system,
-        "edge_accuracy": metrics.edge_accuracy(structures, test.labels, mapping),
+        "dataset": config.dataset,
+        "edge_accuracy": metrics.edge_accuracy(structures, test.labels, mapping)
+        if labelled
+        else None,
         "auroc": auroc,
         "train_edge_accuracy": None
-        if train_labels is None
+        if train_labels is None or mapping is None
         else metrics.edge_accuracy(train_structures, train_labels, mapping),
         **_mse_entries(mse, ""),
-        "module_to_relation": [int(v) for v in mapping],
+        "module_to_relation": None if mapping is None else [int(v) for v in mapping],
+        "module_usage": [float(u) for u in usage],
         "num_test_tasks": int(test.states.shape[0]),
         "test_search_seconds": search_seconds,
     }
@@ -495,13 +514,14 @@ def meta_test(
     return results
 
 
-def _edge_scores(config, bank, params, observed, structures, mapping, labels, put, fetch):
+def _edge_scores(config, bank, params, observed, structures, mapping, labels, none, put, fetch):
     """``(penalties [M, E, K], evidence [M, E], auroc)`` of meta-test's structures.
 
-    ``evidence`` favours an edge existing (any relation but the system's "no relation"
-    type, :data:`nri_modular.data.datasets.NO_RELATION`) and ``auroc`` is its AUROC against
-    the labels; both None for systems without that type (charged) or too many settings to
-    score exactly (``K^(n-1)`` above :data:`nri_modular.structure.MAX_EXACT_SETTINGS`).
+    ``evidence`` favours an edge existing (any relation but the "no relation" code
+    ``none``, e.g. :data:`nri_modular.data.datasets.NO_RELATION`) and ``auroc`` is its AUROC
+    against the labels; both None without that type (charged), without a map or labels,
+    or with too many settings to score exactly (``K^(n-1)`` above
+    :data:`nri_modular.structure.MAX_EXACT_SETTINGS`).
     """
     n = observed.shape[2]
     if bank.num_modules ** (n - 1) > structure_lib.MAX_EXACT_SETTINGS:
@@ -509,20 +529,20 @@ def _edge_scores(config, bank, params, observed, structures, mapping, labels, pu
     penalties = edge_penalties(
         bank, params, observed, structures, search_config(config), put, fetch
     )
-    none = datasets.NO_RELATION.get(config.system)
-    if none is None:
+    if none is None or mapping is None:
         return penalties, None, None
     absent = edge_evidence(penalties, mapping, none)
     if absent is None:
         return penalties, None, None
     evidence = -absent
+    if labels is None:
+        return penalties, evidence, None
     exists = np.asarray(labels) != none
     auroc = metrics.auroc(evidence, exists) if exists.any() and not exists.all() else None
     return penalties, evidence, auroc
 
 
 def physical_scale(normalization: datasets.Normalization) -> np.ndarray:
-    """``[4]`` factors taking normalised errors of (x, y, vx, vy) to physical units."""
-    loc = (normalization.loc_max - normalization.loc_min) / 2
-    vel = (normalization.vel_max - normalization.vel_min) / 2
-    return np.array([loc, loc, vel, vel])
+    """``[state_dim]`` factors taking normalised errors of each state channel (x, y, vx,
+    vy) to physical units: half of each channel's training range."""
+    return (np.array(normalization.maximum) - np.array(normalization.minimum)) / 2

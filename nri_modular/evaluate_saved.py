@@ -24,7 +24,7 @@ from absl import logging
 
 from nri_modular import atomic, checkpoints, distributed, evaluate, gnn, metrics, plots, train
 from nri_modular.config import Config
-from nri_modular.data import datasets
+from nri_modular.data import datasets, own
 
 # What evaluate_run may change of a run's meta-test (search and prediction settings);
 # everything else (model, normalisation, map) is the run's own.
@@ -75,7 +75,7 @@ def _legacy_meta(config: Config, state, step: int) -> dict:
     structures = distributed.to_host(state.structures)
     labels = train_split.train.labels
     mapping = metrics.module_mapping(
-        structures, labels, config.num_modules, datasets.NUM_RELATION_TYPES[config.system]
+        structures, labels, config.num_modules, datasets.system_relations(config.system).num_types
     )
     return {
         "normalization": train_split.normalization.to_dict(),
@@ -89,12 +89,28 @@ def _legacy_meta(config: Config, state, step: int) -> dict:
     }
 
 
-def default_out(workdir: str, data_dir: str, split: str, step: int) -> str:
-    """``<workdir>/eval/<split>_<folder>-<hash>_step<k>.json``: the hash (of the data folder's
-    absolute path) keeps two folders of the same name (say, two ``data``) apart."""
+def run_relations(config: Config, meta: dict) -> datasets.Relations | None:
+    """What a run's relation labels meant (``run.json``; older runs: their system's)."""
+    if "relations" in meta:
+        saved = meta["relations"]
+        return None if saved is None else datasets.Relations(**saved)
+    return datasets.system_relations(config.system)
+
+
+def default_out(workdir: str, data_dir: str, split: str, step: int, dataset: str = "") -> str:
+    """``<workdir>/eval/<split>_<folder>-<hash>[_<dataset>]_step<k>.json``: the hash (of the
+    data folder's absolute path) keeps two folders of the same name (say, two ``data``)
+    apart."""
     path = os.path.abspath(data_dir)
     tag = hashlib.sha256(path.encode()).hexdigest()[:8]
-    return os.path.join(workdir, "eval", f"{split}_{os.path.basename(path)}-{tag}_step{step}.json")
+    name = f"{split}_{os.path.basename(path)}-{tag}{'_' + dataset if dataset else ''}_step{step}"
+    return os.path.join(workdir, "eval", name + ".json")
+
+
+def inferred_path(out: str) -> str:
+    """The ``.npz`` of inferred structures beside a results JSON: ``inferred_<its name>.npz``."""
+    stem = os.path.splitext(os.path.basename(out))[0]
+    return os.path.join(os.path.dirname(out), f"inferred_{stem}.npz")
 
 
 def save_inferred(
@@ -108,18 +124,18 @@ def save_inferred(
     """Writes the inferred structures of an evaluation (``.npz``, atomically).
 
     Arrays: ``structures`` int32 ``[M, E]`` (module of each directed edge, in
-    :func:`nri_modular.graph.edge_index` order), ``module_to_relation`` int32 ``[K]``,
-    ``relations`` int32 ``[M, E]`` (``module_to_relation[structures]``); when the data
-    has labels, ``labels`` int32 ``[M, E]``; when computed, ``edge_penalties`` float32
+    :func:`nri_modular.graph.edge_index` order); when the run has a map (it was trained
+    with labels) ``module_to_relation`` int32 ``[K]`` and ``relations`` int32 ``[M, E]``
+    (``module_to_relation[structures]``); when the data has labels, ``labels`` int32
+    ``[M, E]``; when computed, ``edge_penalties`` float32
     ``[M, E, K]`` (each edge's one-step penalty under each module,
     :func:`nri_modular.evaluate.edge_penalties`) and ``edge_evidence`` float32 ``[M, E]``
     (> 0: the data favours the edge existing; its AUROC is the results' ``auroc``).
     """
-    arrays = {
-        "structures": np.asarray(structures, np.int32),
-        "module_to_relation": np.asarray(mapping, np.int32),
-        "relations": np.asarray(mapping, np.int32)[np.asarray(structures)],
-    }
+    arrays = {"structures": np.asarray(structures, np.int32)}
+    if mapping is not None:
+        arrays["module_to_relation"] = np.asarray(mapping, np.int32)
+        arrays["relations"] = np.asarray(mapping, np.int32)[np.asarray(structures)]
     for name, value in (("edge_penalties", edge_penalties), ("edge_evidence", edge_evidence)):
         if value is not None:
             arrays[name] = np.asarray(value, np.float32)
@@ -137,8 +153,10 @@ def evaluate_run(
     overrides: dict | None = None,
     out: str | None = None,
     num_plots: int = 3,
+    dataset: str | None = None,
 ) -> dict:
-    """Scores a trained run on any Kipf-layout folder, with the run's own constants.
+    """Scores a trained run on any Kipf-layout folder or own dataset, with the run's own
+    constants.
 
     Rebuilds the model from the run's config, restores checkpoint ``step``, loads only
     ``split`` of ``data_dir`` (ours, Kipf's released files, the reference generator's),
@@ -158,7 +176,10 @@ def evaluate_run(
       out: results JSON path (default :func:`default_out`); the inferred structures
         (:func:`save_inferred`, ``.npz``) and the figure (``.png``, when ``num_plots > 0``
         and matplotlib is installed) are written beside it, the figure last.
-      num_plots: systems drawn (the first ones of the split).
+      num_plots: systems drawn (the first ones of the split; only with labels and a map).
+      dataset: infer on one's own dataset ``NAME`` in ``data_dir``
+        (:mod:`nri_modular.data.own`; default: the run's own ``--dataset``, or its
+        simulated system's files).
 
     Returns:
       The results (also written to ``out``): edge accuracy, MSE per step in normalised and
@@ -187,7 +208,7 @@ def evaluate_run(
     if step not in steps:
         raise ValueError(f"{workdir} has no checkpoint at step {step}; it has {steps}")
     mesh = distributed.make_mesh(config.model_axis_size)
-    sample = np.zeros((1, config.obs_frames, config.num_particles, 4), np.float32)
+    sample = np.zeros((1, config.obs_frames, config.num_particles, config.state_dim), np.float32)
     setup = train.build(config, mesh, sample)
     state = checkpoints.restore_checkpoint(manager, step, setup.abstract_state)
     meta = meta if meta is not None else _legacy_meta(config, state, step)
@@ -199,17 +220,44 @@ def evaluate_run(
         )
     # A run trained with node types follows the prior's convention whatever its map says;
     # modules trained without it can be searched with it only if module 1 is relation 1.
-    if eval_config.node_types and not config.node_types and int(entry["map"][1]) != 1:
+    if (
+        eval_config.node_types
+        and not config.node_types
+        and (entry["map"] is None or int(entry["map"][1]) != 1)
+    ):
         raise ValueError(
             "the node-type prior gives same-type pairs module 1 (relation 1: like charges), "
             f"but this run's module 1 stands for relation {entry['map'][1]} (map "
             f"{entry['map']}); its modules cannot be searched with node types as they are"
         )
     normalization = datasets.Normalization.from_dict(meta["normalization"])
-    data = datasets.load_dataset(
-        data_dir, config.system, config.num_particles, splits=(split,), normalization=normalization
-    )[split]
-    if num_tasks:
+    relations = run_relations(config, meta)
+    dataset = config.dataset if dataset is None else dataset
+    if dataset:
+        loaded = own.load(
+            data_dir,
+            dataset,
+            splits=(split,),
+            normalization=normalization,
+            num_sims={split: num_tasks},
+            num_relation_types=None if relations is None else relations.num_types,
+            no_relation=None if relations is None else relations.none,
+        )
+        if loaded.num_particles != config.num_particles:
+            raise own.DataError(
+                f"dataset {dataset!r} has {loaded.num_particles} objects per system; the run "
+                f"was trained on {config.num_particles}"
+            )
+        data = loaded[split]
+    else:
+        data = datasets.load_dataset(
+            data_dir,
+            config.system,
+            config.num_particles,
+            splits=(split,),
+            normalization=normalization,
+        )[split]
+    if num_tasks and not dataset:
         if num_tasks > data.num_tasks:
             raise ValueError(f"num_tasks={num_tasks} but {data_dir} has {data.num_tasks} {split}")
         data = datasets.Split(data.states[:num_tasks], data.labels[:num_tasks])
@@ -231,6 +279,7 @@ def evaluate_run(
         mapping=entry["map"],
         keep_structures=True,
         dim_scale=evaluate.physical_scale(normalization),
+        relations=relations,
     )
     structures = results.pop("structures")
     penalties, evidence = results.pop("edge_penalties"), results.pop("edge_evidence")
@@ -240,11 +289,12 @@ def evaluate_run(
         step=int(step),
         data_dir=os.path.abspath(data_dir),
         split=split,
+        dataset=dataset,
         overrides=overrides,
     )
-    out = out or default_out(workdir, data_dir, split, step)
+    out = out or default_out(workdir, data_dir, split, step, dataset)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    results["inferred"] = os.path.splitext(out)[0] + ".npz"
+    results["inferred"] = inferred_path(out)
     results["wall_seconds"] = time.time() - start
     evaluate.check_finite_results(results, out)
     # The numbers and the structures are saved before any figure is drawn.
@@ -252,6 +302,8 @@ def evaluate_run(
     checkpoints.write_json_atomic(out, results)
     if num_plots > 0 and eval_config.horizon == 0:
         logging.info("horizon=0: no prediction, so no figure")
+    elif num_plots > 0 and (entry["map"] is None or data.labels is None):
+        logging.info("no relation labels (or no module -> relation map): no figure")
     elif num_plots > 0 and not plots.available():
         logging.info("matplotlib is not installed: no figure (pip install -e '.[plots]')")
     elif num_plots > 0:

@@ -269,3 +269,24 @@ def evaluation_figure(
         "(spring / like charges), orange o = true relation 1, red x = wrong"
     )
     _save(fig, path, title, dpi=90)
+
+
+def choose_k_figure(curve: list[dict], chosen: int, path: str) -> None:
+    """The valid prediction loss against the number of modules K (the chosen one marked).
+
+    Args:
+      curve: rows of ``experiments/choose_k.py``: ``{"K", "valid_loss", ...}``.
+      chosen: the K picked.
+      path: the PNG to write.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ks = [row["K"] for row in curve]
+    losses = [row["valid_loss"] for row in curve]
+    ax.plot(ks, losses, "o-", color="tab:blue")
+    ax.plot([chosen], [losses[ks.index(chosen)]], "o", ms=12, mfc="none", mec="tab:red", mew=2)
+    ax.set_xticks(ks)
+    ax.set_xlabel("modules K")
+    ax.set_ylabel("valid loss (mean MSE, held-out frames)")
+    ax.set_yscale("log")
+    _save(fig, path, f"choosing K: K = {chosen} (red)")

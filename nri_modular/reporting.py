@@ -14,13 +14,16 @@ def format_run_results(results: dict) -> str:
         to ``results.json``).
     """
     lines = [
-        f"{results['system']}: {results['num_test_tasks']} test tasks, "
-        f"{results['num_train_tasks']} training tasks, {results['wall_seconds']:.0f} s wall",
+        f"{results['system'] or results.get('dataset', '')}: {results['num_test_tasks']} test "
+        f"tasks, {results['num_train_tasks']} training tasks, {results['wall_seconds']:.0f} s wall",
         "| metric | value |",
         "|---|---|",
-        f"| edge accuracy (test) | {100 * results['edge_accuracy']:.2f}% |",
-        f"| edge accuracy (train structures) | {100 * results['train_edge_accuracy']:.2f}% |",
+        f"| edge accuracy (test) | {_percent(results['edge_accuracy'])} |",
+        f"| edge accuracy (train structures) | {_percent(results['train_edge_accuracy'])} |",
     ]
+    if results.get("module_usage") is not None:
+        usage = ", ".join(f"{100 * u:.1f}%" for u in results["module_usage"])
+        lines.append(f"| edges per module (test) | {usage} |")
     for k in (1, 10, 20):
         value = results[f"mse_{k}"]
         lines.append(
@@ -40,9 +43,18 @@ def format_train_progress(record: dict, total_steps: int) -> str:
         f"loss {record['loss']:.3e} | accept {record['accept_rate']:.2f} "
         f"worse-accept {record['worse_accept_rate']:.2f} "
         f"(target {record['target_worse_rate']:.3f}) T {record['temperature']:.2e} | "
-        f"train structures' edge acc {record['train_edge_accuracy']:.4f} | "
-        f"{record['tasks_per_second']:.0f} tasks/s | eta {_minutes(eta)}"
+        + (
+            f"train structures' edge acc {record['train_edge_accuracy']:.4f} | "
+            if record.get("train_edge_accuracy") is not None
+            else ""
+        )
+        + f"{record['tasks_per_second']:.0f} tasks/s | eta {_minutes(eta)}"
     )
+
+
+def _percent(value: float | None) -> str:
+    """``12.34%``, or ``n/a (no labels)`` for data without relation labels."""
+    return "n/a (no labels)" if value is None else f"{100 * value:.2f}%"
 
 
 def _minutes(seconds: float) -> str:
@@ -118,12 +130,18 @@ def format_evaluation(results: dict) -> str:
         return "n/a (horizon too short)" if value is None else f"{value:.3e}"
 
     lines = [
-        f"{results['system']}: run {results['workdir']} (step {results['step']}) on "
-        f"{results['num_test_tasks']} {results['split']} systems of {results['data_dir']}",
+        f"{results.get('dataset') or results['system']}: run {results['workdir']} (step "
+        f"{results['step']}) on {results['num_test_tasks']} {results['split']} systems of "
+        f"{results['data_dir']}",
         "| metric | value |",
         "|---|---|",
-        f"| edge accuracy (run's module -> relation map) | {100 * results['edge_accuracy']:.2f}% |",
+        f"| edge accuracy (run's module -> relation map) | {_percent(results['edge_accuracy'])} |",
     ]
+    if results.get("auroc") is not None:
+        lines.append(f"| edge existence AUROC | {results['auroc']:.4f} |")
+    if results.get("module_usage") is not None:
+        usage = ", ".join(f"{100 * u:.1f}%" for u in results["module_usage"])
+        lines.append(f"| edges per module | {usage} |")
     for k in (1, 10, 20):
         label = f"MSE {k} step{'s' if k > 1 else ''}"
         lines.append(f"| {label} (normalised) | {mse(f'mse_{k}')} |")
@@ -131,7 +149,7 @@ def format_evaluation(results: dict) -> str:
     lines += [
         f"| structure search | {results['test_search_seconds']:.1f} s |",
         f"| wall (restore, search, prediction, figure) | {results['wall_seconds']:.1f} s |",
-        f"results: {results['out']}"
+        f"results: {results['out']}; inferred structures: {results['inferred']}"
         + (f"; figure: {results['figure']}" if "figure" in results else ""),
     ]
     return "\n".join(lines)

@@ -179,8 +179,15 @@ def make_move(kind: str, num_modules: int, num_nodes: int, uniform_mix: float = 
         raise ValueError(f"unknown proposal {kind!r}; expected one of the moves {MOVE_KINDS}")
     if not 0.0 <= uniform_mix <= 1.0:
         raise ValueError(f"uniform_mix must be in [0, 1], got {uniform_mix}")
-    if num_modules < 2:
-        raise ValueError(f"structure search needs at least 2 modules, got {num_modules}")
+    if num_modules < 1:
+        raise ValueError(f"structure search needs at least 1 module, got {num_modules}")
+    if num_modules == 1:  # one module for every pair: the only structure, kept
+
+        def keep(key, structure, aux):
+            del key, aux
+            return structure
+
+        return keep
 
     def uniform(key, structure, logits):
         del logits

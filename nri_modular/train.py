@@ -90,7 +90,7 @@ def build(config: Config, mesh, sample_states: np.ndarray) -> Setup:
     Args:
       config: the run's config.
       mesh: from :func:`nri_modular.distributed.make_mesh`.
-      sample_states: ``[1, T, n, 4]``; only its shape is used (batch shapes, proposal init).
+      sample_states: ``[1, T, n, state_dim]``; only its shape is used (batch shapes, proposal init).
 
     Raises:
       ValueError: batch_size / test_batch_size not divisible by the data-axis size.
@@ -136,7 +136,7 @@ def build(config: Config, mesh, sample_states: np.ndarray) -> Setup:
     e = n * (n - 1)
     batch_abstract = bouncegrad.Batch(
         task_ids=jax.ShapeDtypeStruct((b,), jnp.int32),
-        states=jax.ShapeDtypeStruct((b, t, n, 4), jnp.float32),
+        states=jax.ShapeDtypeStruct((b, t, n, config.state_dim), jnp.float32),
         labels=jax.ShapeDtypeStruct((b, e), jnp.int32),
     )
     batch_sh = distributed.batch_shardings(mesh, batch_abstract)
@@ -176,6 +176,11 @@ def _check_data(config: Config, data) -> None:
     n = config.num_particles
     if train_split.states.shape[2] != n:
         raise ValueError(f"dataset has {train_split.states.shape[2]} particles, config says {n}")
+    if data.state_dim != config.state_dim:
+        raise ValueError(
+            f"dataset has {data.state_dim} state channels per object, config says "
+            f"state_dim={config.state_dim}"
+        )
     needed = evaluate.frames_needed(config.obs_frames, config.horizon)
     if test.states.shape[1] < needed:
         raise ValueError(
@@ -253,27 +258,33 @@ def check_finite(pending: list, state, last_saved: int | None) -> None:
         )
 
 
-def training_structure_accuracy(state, train_labels, config: Config) -> tuple[np.ndarray, float]:
+def training_structure_accuracy(
+    state, train_labels, config: Config, relations: datasets.Relations | None
+) -> tuple[np.ndarray | None, float | None]:
     """The module -> relation map chosen on all training tasks' current structures, and
     their edge accuracy under it (one map for all tasks, as :mod:`nri_modular.metrics`
     prescribes; never a map per batch, which flatters structures at chance).
 
     Returns:
-      ``(map int [K], accuracy)``.
+      ``(map int [K], accuracy)``; ``(None, None)`` for unlabelled training data.
     """
+    if train_labels is None or relations is None:
+        return None, None
     structures = distributed.to_host(state.structures)
     mapping = metrics.module_mapping(
-        structures, train_labels, config.num_modules, datasets.NUM_RELATION_TYPES[config.system]
+        structures, train_labels, config.num_modules, relations.num_types
     )
     return mapping, float(metrics.edge_accuracy(structures, train_labels, mapping))
 
 
-def _record_map(run_meta: dict, state, train_labels, step: int, config: Config) -> dict:
+def _record_map(run_meta: dict, state, data, step: int, config: Config) -> dict:
     """Adds the module -> relation map of checkpoint ``step`` (chosen on the training
-    tasks' structures) to the run's metadata; returns the metadata."""
-    mapping, accuracy = training_structure_accuracy(state, train_labels, config)
+    tasks' structures; None without training labels) to the run's metadata; returns it."""
+    mapping, accuracy = training_structure_accuracy(
+        state, data.train.labels, config, data.relations
+    )
     run_meta["module_to_relation"][str(step)] = {
-        "map": [int(v) for v in mapping],
+        "map": None if mapping is None else [int(v) for v in mapping],
         "train_edge_accuracy": accuracy,
     }
     return run_meta
@@ -288,6 +299,7 @@ def _save_run_meta(workdir: str, config: Config, run_meta: dict) -> None:
             run_meta["train_data"],
             run_meta["module_to_relation"],
             run_meta.get("segments"),
+            run_meta.get("relations", "unset"),
         )
 
 
@@ -345,7 +357,7 @@ def _train(config: Config, workdir: str) -> TrainResult:
 
     manager = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
     latest = manager.latest_step()
-    fingerprint = datasets.fingerprint(config.data_dir, config.system, config.num_particles)
+    fingerprint = loading.train_fingerprint(config)
     run_meta = checkpoints.read_run_meta(workdir)
     if run_meta is not None and latest is not None:
         checkpoints.check_train_data(workdir, run_meta["train_data"], fingerprint)
@@ -354,6 +366,7 @@ def _train(config: Config, workdir: str) -> TrainResult:
     else:  # a new run (or one from before run.json): it describes itself from now on
         run_meta = {
             "normalization": data.normalization.to_dict(),
+            "relations": None if data.relations is None else dataclasses.asdict(data.relations),
             "train_data": fingerprint,
             "module_to_relation": {},
             "segments": [{"start_step": 0 if latest is None else int(latest), "changed": {}}],
@@ -366,6 +379,9 @@ def _train(config: Config, workdir: str) -> TrainResult:
         state = setup.init_fn()
 
     states_np, labels_np = train_split.states, train_split.labels
+    if labels_np is None:  # unlabelled data: -1, which the step never reads
+        n = config.num_particles
+        labels_np = np.full((train_split.num_tasks, n * (n - 1)), -1, np.int32)
     step = int(state.step)
     saved = latest
     window, window_start = [], time.time()
@@ -400,7 +416,7 @@ def _train(config: Config, workdir: str) -> TrainResult:
                         pending = []
                         record = _record(window, window_start, step, steps_per_epoch, config)
                         record["train_edge_accuracy"] = training_structure_accuracy(
-                            state, train_split.labels, config
+                            state, train_split.labels, config, data.relations
                         )[1]
                         if writer is not None:
                             writer.write(record)
@@ -411,7 +427,7 @@ def _train(config: Config, workdir: str) -> TrainResult:
                         pending = []
                         checkpoints.save_checkpoint(manager, step, state)
                         saved = step
-                        _record_map(run_meta, state, train_split.labels, step, config)
+                        _record_map(run_meta, state, data, step, config)
                         _save_run_meta(workdir, config, run_meta)
                     # Multi-host: agree on stopping at log boundaries (a collective).
                     check = jax.process_count() == 1 or step % config.log_every == 0
@@ -419,7 +435,7 @@ def _train(config: Config, workdir: str) -> TrainResult:
                         if saved != step:
                             check_finite(pending, state, saved)
                             checkpoints.save_checkpoint(manager, step, state, force=True)
-                            _record_map(run_meta, state, train_split.labels, step, config)
+                            _record_map(run_meta, state, data, step, config)
                             _save_run_meta(workdir, config, run_meta)
                         manager.wait_until_finished()
                         logging.warning("preempted: checkpoint at step %d written; exiting", step)
@@ -430,7 +446,7 @@ def _train(config: Config, workdir: str) -> TrainResult:
             checkpoints.save_checkpoint(manager, total_steps, state, force=True)
             manager.wait_until_finished()
         if str(total_steps) not in run_meta["module_to_relation"]:
-            _record_map(run_meta, state, train_split.labels, total_steps, config)
+            _record_map(run_meta, state, data, total_steps, config)
             _save_run_meta(workdir, config, run_meta)
     finally:
         if writer is not None:
@@ -440,7 +456,7 @@ def _train(config: Config, workdir: str) -> TrainResult:
 
 
 def _put_batch(mesh, ids: np.ndarray, states: np.ndarray, labels: np.ndarray):
-    """``(task_ids [B], states [B, T, n, 4], labels [B, E])`` task-sharded on the mesh."""
+    """``(task_ids [B], states [B, T, n, S], labels [B, E])`` task-sharded on the mesh."""
     (task_ids,) = distributed.put_batch(mesh, (ids,))
     states_arr, labels_arr = distributed.put_batch(mesh, (states, labels), rows=ids)
     return task_ids, states_arr, labels_arr
@@ -551,6 +567,7 @@ def _train_and_evaluate(config: Config, workdir: str) -> dict:
         run.data.test,
         run.setup.proposal_apply,
         mesh=run.setup.mesh,
+        relations=run.data.relations,
     )
     results.update(
         num_train_tasks=config.num_train,

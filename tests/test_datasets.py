@@ -82,8 +82,8 @@ def test_round_trip_and_normalisation(springs_dir):
     for dims in (slice(0, 2), slice(2, 4)):  # exactly [-1, 1] on train
         assert train[..., dims].min() == -1.0 and train[..., dims].max() == 1.0
     norm = ds.normalization
-    assert norm.loc_min == _raw(springs_dir, "loc", "train").min()
-    assert norm.vel_max == _raw(springs_dir, "vel", "train").max()
+    assert norm.minimum[0] == norm.minimum[1] == _raw(springs_dir, "loc", "train").min()
+    assert norm.maximum[2] == norm.maximum[3] == _raw(springs_dir, "vel", "train").max()
     # valid/test share the train constants
     valid_only = datasets.load_dataset(
         springs_dir, "springs", splits=("valid",), normalization=norm
@@ -117,14 +117,16 @@ def test_kipf_release_layout_float64_charged(tmp_path):
 
 
 def test_normalisation_in_jax_under_jit():
-    norm = datasets.Normalization(-2.0, 3.0, -0.5, 0.5)
+    norm = datasets.Normalization.positions_velocities(-2.0, 3.0, -0.5, 0.5)
     states = jnp.array([[-2.0, 3.0, -0.5, 0.5], [0.5, 0.5, 0.0, 0.0]])[None]  # [1, 2, 4]
     out = jax.jit(norm.normalise)(states)
     np.testing.assert_allclose(out, [[[-1, 1, -1, 1], [0, 0, 0, 0]]], atol=1e-6)
     np.testing.assert_allclose(jax.jit(norm.denormalise)(out), states, atol=1e-6)
     assert datasets.Normalization.from_dict(norm.to_dict()) == norm
+    legacy = {"loc_min": -2.0, "loc_max": 3.0, "vel_min": -0.5, "vel_max": 0.5}
+    assert datasets.Normalization.from_dict(legacy) == norm  # run.json of older runs
     with pytest.raises(ValueError, match="max > min"):
-        datasets.Normalization(1.0, 1.0, 0.0, 1.0)
+        datasets.Normalization.positions_velocities(1.0, 1.0, 0.0, 1.0)
     with pytest.raises(ValueError, match=r"states must be \[..., 4\]"):
         norm.normalise(np.zeros((3, 2)))
 

@@ -3,6 +3,7 @@
 ``physics`` integrates the particle systems of Kipf et al. (2018) (see
 ``shared/DATA_SPEC.md``), ``kuramoto`` the Kuramoto oscillators of NRI's benchmark grid;
 ``datasets`` writes and reads the Kipf ``.npy`` layout and normalises states to [-1, 1];
+``own`` reads one's own named datasets (any dimension, optional labels);
 ``batching`` makes the batches of task indices (training epochs, padded evaluation).
 """
 

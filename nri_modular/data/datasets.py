@@ -114,64 +114,104 @@ def _check_splits(splits: Sequence[str]) -> tuple[str, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class Normalization:
-    """Scalar min/max of positions and velocities; maps each range to [-1, 1].
+    """Per-channel min/max of the training states; maps each channel's range to [-1, 1].
 
-    Works on numpy arrays (returns numpy) and on JAX arrays / tracers (returns JAX).
+    Kipf's normalisation is one min/max for every position channel and one for every
+    velocity channel (:meth:`positions_velocities`, :meth:`from_arrays`); features of
+    one's own data get a min/max each (:meth:`from_channels`). Works on numpy arrays
+    (returns numpy) and on JAX arrays / tracers (returns JAX).
+
+    Attributes:
+      minimum, maximum: ``[state_dim]`` floats, ``maximum > minimum`` per channel.
     """
 
-    loc_min: float
-    loc_max: float
-    vel_min: float
-    vel_max: float
+    minimum: tuple[float, ...]
+    maximum: tuple[float, ...]
 
     def __post_init__(self):
-        for name in ("loc", "vel"):
-            lo, hi = getattr(self, f"{name}_min"), getattr(self, f"{name}_max")
-            if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
-                raise ValueError(f"{name} range must be finite with max > min, got [{lo}, {hi}]")
+        lo, hi = (tuple(float(v) for v in np.ravel(x)) for x in (self.minimum, self.maximum))
+        object.__setattr__(self, "minimum", lo)
+        object.__setattr__(self, "maximum", hi)
+        if not lo or len(lo) != len(hi):
+            raise ValueError(f"minimum {lo} and maximum {hi} must be non-empty, of one length")
+        for c, (a, b) in enumerate(zip(lo, hi, strict=True)):
+            if not (np.isfinite(a) and np.isfinite(b) and b > a):
+                raise ValueError(
+                    f"channel {c}'s range must be finite with max > min, got [{a}, {b}]"
+                )
+
+    @classmethod
+    def positions_velocities(
+        cls, loc_min: float, loc_max: float, vel_min: float, vel_max: float, dim: int = 2
+    ) -> Normalization:
+        """Kipf's: one range for the ``dim`` position channels, one for the velocities."""
+        return cls((loc_min,) * dim + (vel_min,) * dim, (loc_max,) * dim + (vel_max,) * dim)
 
     @classmethod
     def from_arrays(cls, loc: np.ndarray, vel: np.ndarray) -> Normalization:
-        """Statistics of (training) positions and velocities of any shape."""
-        return cls(float(loc.min()), float(loc.max()), float(vel.min()), float(vel.max()))
-
-    def to_dict(self) -> dict[str, float]:
-        return dataclasses.asdict(self)
+        """Statistics of (training) positions and velocities in Kipf's layout
+        ``[..., D, n]`` (D position channels)."""
+        return cls.positions_velocities(
+            float(loc.min()), float(loc.max()), float(vel.min()), float(vel.max()), loc.shape[-2]
+        )
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, float]) -> Normalization:
-        return cls(**{k: float(d[k]) for k in ("loc_min", "loc_max", "vel_min", "vel_max")})
+    def from_channels(cls, states: np.ndarray) -> Normalization:
+        """A range per channel of (training) states ``[..., S]``; a constant channel gets
+        the range ``[c - 1, c + 1]`` (it normalises to 0)."""
+        flat = np.asarray(states, np.float64).reshape(-1, states.shape[-1])
+        lo, hi = flat.min(axis=0), flat.max(axis=0)
+        constant = hi == lo
+        return cls(np.where(constant, lo - 1, lo), np.where(constant, hi + 1, hi))
+
+    @property
+    def state_dim(self) -> int:
+        return len(self.minimum)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"minimum": list(self.minimum), "maximum": list(self.maximum)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> Normalization:
+        """Reads :meth:`to_dict`, and the ``loc_min, loc_max, vel_min, vel_max`` of runs
+        saved before per-channel ranges (2-D positions and velocities)."""
+        if "minimum" in d:
+            return cls(tuple(d["minimum"]), tuple(d["maximum"]))
+        return cls.positions_velocities(*(float(d[k]) for k in _LEGACY_KEYS))
 
     def _lo_span(self, states):
         xp = np if isinstance(states, np.ndarray) else jnp
-        lo = np.array([self.loc_min] * 2 + [self.vel_min] * 2)
-        span = np.array([self.loc_max - self.loc_min] * 2 + [self.vel_max - self.vel_min] * 2)
-        shape = (1,) * (states.ndim - 1) + (4,)
+        lo, hi = np.array(self.minimum), np.array(self.maximum)
+        shape = (1,) * (states.ndim - 1) + (len(lo),)
         return xp.asarray(lo.reshape(shape), states.dtype), xp.asarray(
-            span.reshape(shape), states.dtype
+            (hi - lo).reshape(shape), states.dtype
         )
 
     def normalise(self, states):
-        """Physical ``[..., 4]`` (x, y, vx, vy) states -> [-1, 1] on the training range."""
-        _check_last_axis(states)
+        """Physical ``[..., S]`` states -> [-1, 1] on the training range."""
+        self._check_last_axis(states)
         lo, span = self._lo_span(states)
         return (states - lo) * 2 / span - 1
 
     def denormalise(self, states):
-        """Inverse of :meth:`normalise`: ``[..., 4]`` normalised states -> physical units."""
-        _check_last_axis(states)
+        """Inverse of :meth:`normalise`: ``[..., S]`` normalised states -> physical units."""
+        self._check_last_axis(states)
         lo, span = self._lo_span(states)
         return (states + 1) * span / 2 + lo
 
+    def _check_last_axis(self, states) -> None:
+        if states.ndim < 1 or states.shape[-1] != self.state_dim:
+            raise ValueError(
+                f"states must be [..., {self.state_dim}] (the channels this normalisation "
+                f"was made for), got shape {states.shape}"
+            )
+
+
+_LEGACY_KEYS = ("loc_min", "loc_max", "vel_min", "vel_max")
 
 # Kuramoto's features are scaled to [-1, 1] when generated: their normalisation maps
 # [-1, 1] to itself (exactly, in float64).
-IDENTITY = Normalization(-1.0, 1.0, -1.0, 1.0)
-
-
-def _check_last_axis(states) -> None:
-    if states.ndim < 1 or states.shape[-1] != 4:
-        raise ValueError(f"states must be [..., 4] (x, y, vx, vy), got shape {states.shape}")
+IDENTITY = Normalization.positions_velocities(-1.0, 1.0, -1.0, 1.0)
 
 
 # ----------------------------------------------------------------------------------------
@@ -185,11 +225,12 @@ class Split:
     Attributes:
       states: float32 ``[sims, frames, n, 4]`` normalised (x, y, vx, vy); a
         :class:`TaskRows` when this host loaded only its shard of the tasks.
-      labels: int32 ``[sims, n(n-1)]`` relation type of each directed edge j -> i.
+      labels: int32 ``[sims, n(n-1)]`` relation type of each directed edge j -> i; None
+        for unlabelled data (one's own, without an ``edges`` file).
     """
 
     states: np.ndarray | TaskRows
-    labels: np.ndarray
+    labels: np.ndarray | None
 
     @property
     def num_tasks(self) -> int:
@@ -269,21 +310,56 @@ class TaskRows:
         return self.data[pos]
 
 
+@dataclasses.dataclass(frozen=True)
+class Relations:
+    """What a dataset's relation labels mean.
+
+    Attributes:
+      num_types: ``R``: labels are the integer codes ``0 .. R-1``.
+      none: the code of "no relation" where there is one (edge existence, and its AUROC,
+        are defined there), else None.
+    """
+
+    num_types: int
+    none: int | None = None
+
+    def __post_init__(self):
+        if self.num_types < 1:
+            raise ValueError(f"num_types must be >= 1, got {self.num_types}")
+        if self.none is not None and not 0 <= self.none < self.num_types:
+            raise ValueError(f"no-relation code {self.none} is not in [0, {self.num_types})")
+
+
+def system_relations(system: str) -> Relations:
+    """The relation types of a simulated system (:data:`NUM_RELATION_TYPES`,
+    :data:`NO_RELATION`)."""
+    _check_system(system)
+    return Relations(NUM_RELATION_TYPES[system], NO_RELATION.get(system))
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
     """Loaded splits with their (training) normalisation.
 
     Attributes:
-      system: ``"springs"`` or ``"charged"``.
+      system: ``"springs"``, ``"charged"``, ``"kuramoto"``, or ``""`` for one's own data.
       num_particles: ``n``.
       normalization: the train-split statistics used for every split.
       splits: split name -> :class:`Split`, for the splits that were loaded.
+      name: the file names' suffix: ``{system}{n}`` or one's own dataset's name.
+      relations: what the labels mean; None when no split has labels.
     """
 
     system: str
     num_particles: int
     normalization: Normalization
     splits: Mapping[str, Split]
+    name: str = ""
+    relations: Relations | None = None
+
+    @property
+    def state_dim(self) -> int:
+        return self.normalization.state_dim
 
     def __getitem__(self, split: str) -> Split:
         if split not in self.splits:
@@ -603,8 +679,7 @@ def _check_split(paths, arrays, sims, frames, n, num_particles, counted: str) ->
     shape = arrays[states_kind].shape
     if n != num_particles:
         raise ValueError(
-            f"{paths[states_kind]}: has {n} {counted} of {shape}) but "
-            f"num_particles={num_particles}"
+            f"{paths[states_kind]}: has {n} {counted} of {shape}) but num_particles={num_particles}"
         )
     if sims == 0 or frames == 0:
         raise ValueError(f"{paths[states_kind]}: empty array of shape {shape}")
@@ -774,6 +849,8 @@ def load_dataset(
         num_particles=num_particles,
         normalization=normalization,
         splits={s: loaded[s] for s in splits},
+        name=f"{system}{num_particles}",
+        relations=system_relations(system),
     )
 
 
@@ -845,9 +922,14 @@ def fingerprint(
     Returns:
       ``{"files": {name: shape}, "sample_rows": [...], "sha256": hex}``.
     """
+    return fingerprint_files(data_dir, split_file_names(split, system, num_particles), sample_rows)
+
+
+def fingerprint_files(data_dir: str, names: Sequence[str], sample_rows: int = 16) -> dict:
+    """:func:`fingerprint` of the files ``names`` (the first one's rows are sampled)."""
     files, digest = {}, hashlib.sha256()
     rows = None
-    for name in split_file_names(split, system, num_particles):
+    for name in names:
         array = _load_array(os.path.join(data_dir, name), mmap=True)
         files[name] = list(array.shape)
         if rows is None:
@@ -1091,4 +1173,4 @@ def gather(split: Split, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             f"task indices must be in [0, {split.num_tasks}), got range "
             f"[{indices.min()}, {indices.max()}]"
         )
-    return split.states[indices], split.labels[indices]
+    return split.states[indices], None if split.labels is None else split.labels[indices]

@@ -1,8 +1,11 @@
 """A run's dataset, as its :class:`~nri_modular.config.Config` describes it, on every host.
 
-Process 0 generates the dataset once (cached in ``config.data_dir``); then every process
-loads what it needs: with ``task_shards`` a multiple of the data-axis size, only the
-training states of the tasks its devices see (:func:`nri_modular.distributed.local_task_rows`).
+A simulated system (``config.system``): process 0 generates the dataset once (cached in
+``config.data_dir``); then every process loads what it needs: with ``task_shards`` a
+multiple of the data-axis size, only the training states of the tasks its devices see
+(:func:`nri_modular.distributed.local_task_rows`). One's own data (``config.dataset``,
+:mod:`nri_modular.data.own`): read as it is (the first ``num_train`` / ``num_valid`` /
+``num_test`` simulations of each split), never generated or written.
 """
 
 from __future__ import annotations
@@ -12,17 +15,29 @@ from absl import logging
 
 from nri_modular import distributed
 from nri_modular.config import Config
-from nri_modular.data import datasets
+from nri_modular.data import datasets, own
 
 
 def load_data(config: Config, train_rows: np.ndarray | None = None) -> datasets.Dataset:
     """Generates (once, cached in ``config.data_dir``) and loads the dataset.
 
-    ``train_rows``: load only these training tasks' states (one host's shard).
+    ``train_rows``: load only these training tasks' states (one host's shard; simulated
+    systems only).
 
     Raises:
       ValueError: a damaged dataset file (the message names the directory or file).
     """
+    if config.dataset:
+        return own.load(
+            config.data_dir,
+            config.dataset,
+            num_sims={
+                "train": config.num_train,
+                "valid": config.num_valid,
+                "test": config.num_test,
+            },
+            no_relation=None if config.no_relation < 0 else config.no_relation,
+        )
     try:
         return datasets.ensure_dataset(
             config.data_dir,
@@ -36,6 +51,12 @@ def load_data(config: Config, train_rows: np.ndarray | None = None) -> datasets.
             train_rows=train_rows,
         )
     except (EOFError, OSError, ValueError) as e:
+        named = sorted(own.folder_names(config.data_dir))
+        if named and isinstance(e, ValueError) and "files we did not write" in str(e):
+            raise ValueError(
+                f"{e}. It holds datasets named {', '.join(named)}: to train on one, run "
+                f"experiments/train.py --data_dir={config.data_dir} --dataset=NAME"
+            ) from None
         if isinstance(e, FileNotFoundError) or config.data_dir in str(e):
             raise
         raise ValueError(
@@ -66,3 +87,10 @@ def load_data_all_hosts(config: Config, mesh) -> datasets.Dataset:
     if not distributed.is_primary():
         data = load_data(config, rows)
     return data
+
+
+def train_fingerprint(config: Config) -> dict:
+    """What identifies the run's training data (checked when a run resumes)."""
+    if config.dataset:
+        return own.fingerprint(config.data_dir, config.dataset)
+    return datasets.fingerprint(config.data_dir, config.system, config.num_particles)

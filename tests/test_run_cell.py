@@ -1,0 +1,41 @@
+"""experiments/run_cell.py: which seeds of a grid cell still need a run, and their commands."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+from conftest import REPO
+
+sys.path.insert(0, os.path.join(REPO, "experiments"))
+import run_cell  # noqa: E402
+
+sys.path.pop(0)
+
+
+def test_commands_skip_recorded_seeds(tmp_path):
+    flagfile = os.path.join(REPO, "experiments", "flags", "kuramoto10_cpu.flags")
+    values = run_cell.flagfile_values(flagfile)
+    assert run_cell.cell_of(values) == "kuramoto10"
+    recorded = tmp_path / "kuramoto10" / "kuramoto10_cpu" / "seed1.json"
+    recorded.parent.mkdir(parents=True)
+    recorded.write_text("{}")
+    todo = run_cell.commands(flagfile, [0, 1, 2], "kuramoto10_cpu", "runs", str(tmp_path))
+    assert [seed for seed, *_ in todo] == [0, 2]
+    seed, record, train, workdir = todo[1]
+    assert record == str(tmp_path / "kuramoto10" / "kuramoto10_cpu" / "seed2.json")
+    assert train[1].endswith(os.path.join("experiments", "kuramoto.py"))
+    assert train[2:] == [
+        f"--flagfile={flagfile}",
+        "--seed=2",
+        "--workdir=runs/kuramoto10_cpu_seed2",
+    ]
+    assert workdir == "runs/kuramoto10_cpu_seed2"
+
+
+def test_default_objects_and_own_data_refused(tmp_path):
+    assert run_cell.cell_of({"system": "charged"}) == "charged5"
+    own = os.path.join(REPO, "experiments", "flags", "own_demo.flags")
+    with pytest.raises(ValueError, match="no --system"):
+        run_cell.cell_of(run_cell.flagfile_values(own))
