@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import optax
 
@@ -25,6 +26,23 @@ SYSTEMS = data.SYSTEMS  # the one list: nri_modular.data.datasets
 _BG = bouncegrad.BounceGradConfig()  # the one source of the training defaults
 _SEARCH = SearchConfig()  # ... and of the meta-test ones
 
+# The groups of Config's fields, in their order in the class; each field's group and its
+# one-line help (what it does, units, the paper's value where it has one) are its metadata,
+# which --helpfull shows as "[group] help".
+GROUPS = ("data", "model", "training", "priors", "search", "engineering", "scaling")
+
+
+def _grouped(group: str):
+    """The field maker of one group: ``name: type = _data(default, "help")``."""
+
+    def make(default, help_text: str):
+        return dataclasses.field(default=default, metadata={"group": group, "help": help_text})
+
+    return make
+
+
+_data, _model, _training, _priors, _search, _engineering, _scaling = map(_grouped, GROUPS)
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -34,68 +52,261 @@ class Config:
     for training, :class:`nri_modular.search_config.SearchConfig` for meta-test), which are the
     paper's choices where it makes one (no uniform moves mixed in, MSE); the flagfiles in
     ``experiments/flags/`` choose ours (the CPU demo's, the hour's, the paper's sizes).
+
+    The fields come in the groups of :data:`GROUPS` (data, model, BounceGrad training,
+    structure priors, meta-test search, engineering, scaling); each carries its group and a
+    one-line help in its metadata, which is its flag's ``--helpfull`` text.
     """
 
-    # Data.
-    system: str = "springs"  # a simulated system, generated into data_dir ("" with dataset)
-    dataset: str = ""  # one's own dataset NAME in data_dir (nri_modular/data/own.py)
-    data_dir: str = "data"
-    num_particles: int = 5
-    num_train: int = 2000
-    num_valid: int = 100
-    num_test: int = 1000
-    data_seed: int = 42
-    regenerate_data: bool = False  # regenerate our own dataset in data_dir if it differs
-    state_dim: int = 4  # channels per object and frame: (x, y, vx, vy); own data: 2D or F
-    no_relation: int = -1  # own labelled data: the code of "no relation" (AUROC); -1: none
-    # Model.
-    num_modules: int = 2
-    edge_hidden: tuple[int, ...] = (64, 64, 64)
-    node_hidden: tuple[int, ...] = (64, 64, 64)
-    module_init_spread: float = 0.0
-    # BounceGrad.
-    seed: int = 0
-    batch_size: int = 50
-    num_epochs: int = 100
-    learning_rate: float = 1e-3
-    final_learning_rate: float = 0.0  # > 0: cosine decay to it over the run (module_optimizer)
-    p: int = _BG.p
-    loss: str = _BG.loss  # or "huber" (bouncegrad.huber_rollout_loss)
-    huber_delta: float = _BG.huber_delta
-    sa_steps: int = _BG.sa_steps
-    refresh_energy: bool = _BG.refresh_energy
-    initial_temperature: float = bouncegrad.INITIAL_TEMPERATURE  # ~exp(-9.8), the paper's code
-    temperature_decay_steps: float = _BG.temperature_decay_steps
-    proposal: str = _BG.proposal
-    uniform_mix: float = _BG.uniform_mix
-    exact_stride: int = _BG.exact_stride
-    proposal_hidden: int = 64
-    proposal_learning_rate: float = 1e-3
-    # Structure priors (nri_modular/structure_priors.py; both off by default).
-    symmetric_structure: bool = False  # edges j->i and i->j share a module
-    node_types: int = 0  # T latent node types; module = same/different type (0 = off)
-    # Meta-test.
-    test_proposal: str = _SEARCH.proposal
-    test_uniform_mix: float = _SEARCH.uniform_mix
-    test_sa_steps: int = _SEARCH.num_steps
-    test_t_start: float = _SEARCH.t_start
-    test_t_end: float = _SEARCH.t_end
-    test_batch_size: int = _SEARCH.batch_size
-    obs_frames: int = 49
-    horizon: int = 20
-    # Engineering.
-    block_rows: int = _BG.block_rows
-    edge_compute: str = _BG.edge_compute
-    log_every: int = 20
-    checkpoint_every: int = 200
-    keep_checkpoints: int = 3
-    tensorboard: bool = False  # also write TensorBoard events (pip install '.[tensorboard]')
-    # Scaling (see nri_modular/distributed.py): mesh and multi-host start-up.
-    model_axis_size: int = 1
-    task_shards: int = 1  # V: virtual shards of the tasks (a multiple of the data-axis size)
-    coordinator_address: str = ""
-    num_processes: int = 0  # 0: single process, or detected (SLURM / TPU)
-    process_id: int = -1  # -1: detected
+    # --- Data: which systems, how many, where. ------------------------------------------------
+    system: str = _data(
+        "springs",
+        "Simulated system (NRI benchmark, Kipf et al. 2018), generated into --data_dir if "
+        "missing; '' when --dataset names one's own data.",
+    )
+    dataset: str = _data(
+        "",
+        "One's own dataset NAME in --data_dir (loc_/feat_{split}_NAME.npy, optional "
+        "edges_...; docs/own_data.md); excludes --system.",
+    )
+    data_dir: str = _data(
+        "data",
+        "Folder of the datasets: simulated ones are generated and cached here, one's own are "
+        "read from here.",
+    )
+    num_particles: int = _data(
+        5, "n, objects per system (>= 2); one's own data: read from the files."
+    )
+    num_train: int = _data(
+        2000,
+        "Meta-training tasks (one simulated system each; the paper: 50,000). One's own data: "
+        "the first ones, all if left out.",
+    )
+    num_valid: int = _data(
+        100,
+        "Validation systems, on which settings are chosen (the paper: 10,000). One's own "
+        "data: the first ones, all if left out.",
+    )
+    num_test: int = _data(
+        1000,
+        "Meta-test systems (the paper: 10,000). One's own data: the first ones, all if left out.",
+    )
+    data_seed: int = _data(
+        42,
+        "Seed of the simulated data; each split has its own stream, so the test split does not "
+        "depend on the other splits' sizes.",
+    )
+    regenerate_data: bool = _data(
+        False,
+        "Replace a dataset we generated in --data_dir when it differs from the one asked "
+        "for (never files we did not write); otherwise such a difference is an error.",
+    )
+    state_dim: int = _data(
+        4,
+        "Channels per object and frame: 4 for simulated systems (x, y, vx, vy); one's own "
+        "data: 2D (positions, velocities) or F features, read from the files.",
+    )
+    no_relation: int = _data(
+        -1,
+        "One's own labelled data: the edge-label code meaning 'no relation' (edge-existence "
+        "scores, AUROC); -1: none.",
+    )
+
+    # --- Model: the module bank (K edge modules + one node module). ---------------------------
+    num_modules: int = _model(
+        2,
+        "K, edge modules the structure chooses among for each directed edge (relation "
+        "types); 1: one module for every pair, no structure to infer.",
+    )
+    edge_hidden: tuple[int, ...] = _model(
+        (64, 64, 64),
+        "Layer widths of each edge module's ReLU MLP; the last is the message size (the "
+        "paper: 256,256,256).",
+    )
+    node_hidden: tuple[int, ...] = _model(
+        (64, 64, 64),
+        "Hidden widths of the node module's ReLU MLP, which maps state + summed messages to "
+        "a state delta (the paper: 256,256,256).",
+    )
+    module_init_spread: float = _model(
+        0.0,
+        "Symmetry breaking at init, in [0, 1): module k's output layer starts scaled by "
+        "1 - spread * k / (K - 1); 0: identically distributed modules (the paper's).",
+    )
+
+    # --- BounceGrad training: optimisation. ---------------------------------------------------
+    seed: int = _training(
+        0,
+        "Seed of the run: initialisation, task order and annealing in training, and the "
+        "meta-test search.",
+    )
+    batch_size: int = _training(
+        50, "Training tasks per BounceGrad step (annealed, then one Adam step on their loss)."
+    )
+    num_epochs: int = _training(
+        100,
+        "Passes over the training tasks; the run is num_epochs * (num_train // batch_size) steps.",
+    )
+    learning_rate: float = _training(
+        1e-3,
+        "Adam step size of the modules (the start of the cosine decay when "
+        "--final_learning_rate > 0).",
+    )
+    final_learning_rate: float = _training(
+        0.0,
+        "> 0: the modules' step size decays along a cosine from --learning_rate to this over "
+        "the run; 0: constant (the paper's).",
+    )
+    p: int = _training(
+        _BG.p,
+        "Rollout length of the loss and of the annealing energy, in frames: the model "
+        "predicts p steps ahead, truth re-fed every p frames.",
+    )
+    loss: str = _training(
+        _BG.loss,
+        "Training loss per predicted coordinate, also training's annealing energy: mse (the "
+        "paper's) or huber (rare large errors weigh less).",
+    )
+    huber_delta: float = _training(
+        _BG.huber_delta,
+        "With --loss=huber, in normalised units: an error e costs e^2 if |e| <= delta, else "
+        "2 * delta * |e| - delta^2.",
+    )
+    # --- BounceGrad training: simulated annealing over the structures. ------------------------
+    sa_steps: int = _training(
+        _BG.sa_steps,
+        "Annealing proposals per task per BounceGrad step (0: structures are not searched).",
+    )
+    refresh_energy: bool = _training(
+        _BG.refresh_energy,
+        "Re-evaluate a task's current structure with the current weights before annealing "
+        "(exact Metropolis); false: use the energy stored at its last visit (one pass fewer).",
+    )
+    initial_temperature: float = _training(
+        bouncegrad.INITIAL_TEMPERATURE,
+        "Annealing temperature at step 0, then adapted (x or / 1.1 per step) toward the "
+        "target rate of accepted worse moves; the paper's code: exp(-9.8) ~ 5.5e-5.",
+    )
+    temperature_decay_steps: float = _training(
+        _BG.temperature_decay_steps,
+        "Decay of the target rate of accepted worse moves, exp(-1 - 5 * step / this), in "
+        "steps (the paper's code's schedule).",
+    )
+    proposal: str = _training(
+        _BG.proposal,
+        "Annealing move in training: uniform (one edge to another module), blocked_gibbs "
+        "(learned proposal network, the paper's), exact_local / exact_sweep (ours).",
+    )
+    uniform_mix: float = _training(
+        _BG.uniform_mix,
+        "Probability of a uniform move instead of a blocked_gibbs / exact one (the paper: "
+        "0, none).",
+    )
+    exact_stride: int = _training(
+        _BG.exact_stride,
+        "Exact moves score a node's K^(n-1) settings on every exact_stride-th transition (1: all).",
+    )
+    proposal_hidden: int = _training(
+        64,
+        "Width of the learned proposal network (Kipf et al.'s NRI encoder; the paper: 256), "
+        "built when a --proposal / --test_proposal is blocked_gibbs.",
+    )
+    proposal_learning_rate: float = _training(
+        1e-3,
+        "Adam step size of the proposal network, trained in each BounceGrad step by "
+        "cross-entropy toward the annealing's current structures.",
+    )
+
+    # --- Structure priors (nri_modular/structure_priors.py): not the paper's, off. ------------
+    symmetric_structure: bool = _priors(
+        False, "Prior: edges j->i and i->j share one module (symmetric relations); not the paper's."
+    )
+    node_types: int = _priors(
+        0,
+        "Prior: T >= 2 latent node types, an edge's module is same / different type (K = 2); "
+        "0: off. Not the paper's (hard-codes structure).",
+    )
+
+    # --- Meta-test: structure search on each test system, then prediction. --------------------
+    test_proposal: str = _search(
+        _SEARCH.proposal,
+        "Annealing move at meta-test (kinds of --proposal); starts from the exact one-step "
+        "optimum (exact kinds), else the network's argmax, else at random.",
+    )
+    test_uniform_mix: float = _search(
+        _SEARCH.uniform_mix,
+        "Probability of a uniform move instead of a blocked_gibbs / exact one at meta-test "
+        "(the paper: 0, none).",
+    )
+    test_sa_steps: int = _search(
+        _SEARCH.num_steps, "Annealing steps per test system, the modules' weights fixed."
+    )
+    test_t_start: float = _search(
+        _SEARCH.t_start,
+        "Meta-test temperature at the first step (geometric schedule to --test_t_end).",
+    )
+    test_t_end: float = _search(
+        _SEARCH.t_end,
+        "Meta-test temperature at the last step (geometric schedule from --test_t_start).",
+    )
+    test_batch_size: int = _search(
+        _SEARCH.batch_size,
+        "Test systems searched and predicted together (a static shape; the last batch is "
+        "padded): bounds the memory.",
+    )
+    obs_frames: int = _search(
+        49,
+        "Frames of each test system the structure is searched on (Kipf et al.'s protocol: "
+        "49); prediction starts at this frame.",
+    )
+    horizon: int = _search(
+        20,
+        "Open-loop prediction steps scored after the observed frames (MSE per step); 0: "
+        "score the structures only.",
+    )
+
+    # --- Engineering: speed knobs (the same function), logging, checkpoints. ------------------
+    block_rows: int = _engineering(
+        _BG.block_rows,
+        "Rows per block of the blocked edge computation (edges grouped by module into "
+        "fixed-size matmuls).",
+    )
+    edge_compute: str = _engineering(
+        _BG.edge_compute,
+        "blocked: each edge computed only by its chosen module (~1x FLOPs); all: every "
+        "module on every edge (Kx, for comparison). Same function.",
+    )
+    log_every: int = _engineering(20, "Training steps between progress lines and metrics.")
+    checkpoint_every: int = _engineering(
+        200, "Training steps between checkpoints in --workdir (a rerun resumes from the last)."
+    )
+    keep_checkpoints: int = _engineering(3, "Checkpoints kept in --workdir (older ones deleted).")
+    tensorboard: bool = _engineering(
+        False, "Also write TensorBoard events to --workdir (pip install '.[tensorboard]')."
+    )
+
+    # --- Scaling (nri_modular/distributed.py): device mesh and multi-host start-up. -----------
+    model_axis_size: int = _scaling(
+        1,
+        "Devices per 'model' group of the (data, model) mesh; must divide the device count "
+        "(reserved: > 1 computes each task shard redundantly).",
+    )
+    task_shards: int = _scaling(
+        1,
+        "V virtual shards of the training tasks; a multiple of the data-axis size keeps "
+        "each device on its own tasks. Divides num_train and the batch sizes.",
+    )
+    coordinator_address: str = _scaling(
+        "",
+        "host:port of process 0 for a multi-host start; '': detected (SLURM / TPU) or a "
+        "single process.",
+    )
+    num_processes: int = _scaling(
+        0, "Processes in all, with --coordinator_address; 0: single, or detected (SLURM / TPU)."
+    )
+    process_id: int = _scaling(
+        -1, "This process's index in [0, num_processes), with --coordinator_address; -1: detected."
+    )
 
     @property
     def uses_proposal_network(self) -> bool:
@@ -254,31 +465,60 @@ def _parse_sizes(text: str) -> tuple[int, ...]:
     return sizes
 
 
+def help_problems(cls) -> list[str]:
+    """What is wrong with the help metadata of a dataclass's fields (empty: nothing).
+
+    Every field needs a group of :data:`GROUPS`, the groups in that order (as the section
+    comments of :class:`Config`), and a one-line help text that says more than its name.
+    """
+    problems = []
+    order = 0
+    for field in dataclasses.fields(cls):
+        group = field.metadata.get("group")
+        text = str(field.metadata.get("help", "")).strip()
+        if group not in GROUPS:
+            problems.append(f"{field.name}: group {group!r} is not one of {GROUPS}")
+        elif GROUPS.index(group) < order:
+            problems.append(f"{field.name}: a {group!r} field after the {GROUPS[order]!r} ones")
+        else:
+            order = GROUPS.index(group)
+        bare = re.sub(r"[^a-z0-9]", "", text.lower())
+        name = re.sub(r"[^a-z0-9]", "", field.name.lower())
+        if bare in ("", name, "config" + name):
+            problems.append(f"{field.name}: no help text (got {text!r})")
+        elif "\n" in text:
+            problems.append(f"{field.name}: help text is not one line")
+    return problems
+
+
+def flag_help(field: dataclasses.Field) -> str:
+    """The ``--helpfull`` text of a :class:`Config` field's flag: ``"[group] help"``."""
+    return f"[{field.metadata['group']}] {field.metadata['help']}"
+
+
 def define_flags(flags_module, system_default: str = "springs") -> None:
-    """Defines one absl flag per :class:`Config` field (plus ``--workdir``)."""
+    """Defines one absl flag per :class:`Config` field (plus ``--workdir``).
+
+    Each flag's help is its field's, tagged with its group (``[data] ...``), so
+    ``--helpfull`` says what every setting does and where it belongs.
+    """
+    problems = help_problems(Config)
+    if problems:
+        raise ValueError("Config fields without a proper group / help: " + "; ".join(problems))
     flags = flags_module
-    flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+    flags.DEFINE_string(
+        "workdir", None, "[engineering] Directory for checkpoints, metrics and results."
+    )
     defaults = Config()  # the defaults of every field, but --system's
     for field in dataclasses.fields(Config):
         value = getattr(defaults, field.name)
-        help_text = f"Config.{field.name}"
+        help_text = flag_help(field)
         if field.name == "system":
-            flags.DEFINE_enum(
-                "system",
-                system_default,
-                ["", *SYSTEMS],
-                "Simulated system, generated into --data_dir ('' with --dataset).",
-            )
-        elif field.name == "dataset":
-            flags.DEFINE_string(
-                "dataset", value, "One's own dataset NAME in --data_dir (nri_modular/data/own.py)."
-            )
+            flags.DEFINE_enum("system", system_default, ["", *SYSTEMS], help_text)
         elif field.name in ("proposal", "test_proposal"):
-            flags.DEFINE_enum(field.name, value, list(MOVE_KINDS), "Annealing move kind.")
+            flags.DEFINE_enum(field.name, value, list(MOVE_KINDS), help_text)
         elif field.name == "edge_compute":
-            flags.DEFINE_enum(
-                "edge_compute", value, list(gnn.EDGE_COMPUTE_KINDS), "Edge module dispatch."
-            )
+            flags.DEFINE_enum("edge_compute", value, list(gnn.EDGE_COMPUTE_KINDS), help_text)
         elif isinstance(value, bool):
             flags.DEFINE_bool(field.name, value, help_text)
         elif isinstance(value, int):
@@ -287,7 +527,7 @@ def define_flags(flags_module, system_default: str = "springs") -> None:
             flags.DEFINE_float(field.name, value, help_text)
         elif isinstance(value, tuple):
             flags.DEFINE_string(field.name, ",".join(map(str, value)), help_text + " (comma list)")
-        else:
+        else:  # dataset, data_dir, loss, coordinator_address
             flags.DEFINE_string(field.name, value, help_text)
 
 
