@@ -7,8 +7,10 @@
 * the timed searches (a)-(d) (:func:`run_loop`, :func:`run_batched`), each with meta-test's
   search settings of the searched model's run (:func:`method_settings`, from
   :func:`nri_modular.evaluate.search_config`): the run's energy (its training loss: MSE or
-  Huber), ``p``, edge layout, and meta-test's exact stride; exact scores and the exact
-  one-step start come from :func:`nri_modular.evaluate.exact_scores`;
+  Huber), ``p``, edge layout, and meta-test's exact stride; exact scores come from
+  :func:`nri_modular.evaluate.exact_scores`, the move and the start from meta-test's own
+  (:func:`nri_modular.structure_priors.make_search_move`,
+  :func:`nri_modular.structure_priors.search_initial_structure`);
 * meta-training in each regime (:func:`meta_train`): the run's own state and step, built by
   :func:`nri_modular.train.build` from the run's config (loss, step-size schedule,
   stride, initial temperature, structure priors, ...).
@@ -39,6 +41,7 @@ from nri_modular import (
     evaluate,
     evaluate_saved,
     proposal_net,
+    structure_priors,
 )
 from nri_modular import config as config_lib
 from nri_modular import metrics as metrics_lib
@@ -364,19 +367,23 @@ def make_search_fns(bank: ModuleBank, proposal_apply, settings: evaluate.SearchC
     ``one_step(params, states, state, temperature) -> AnnealState`` (one step).
     """
     kind = settings.proposal
-    proposal_fn = structure_lib.make_move(kind, bank.num_modules, n, settings.uniform_mix)
+    prior = (settings.symmetric_structure, settings.node_types)
+    proposal_fn = structure_priors.make_search_move(
+        kind, bank.num_modules, n, settings.uniform_mix, *prior
+    )
 
     def init(params, pparams, states, key):
         """Initial structures (no energy yet: see :func:`run_batched`)."""
         k_init, k_anneal = jax.random.split(key)
-        aux = None
+        aux, aux_kind = None, None
         if kind in structure_lib.EXACT_KINDS:
-            aux, s = evaluate.exact_scores(bank, params, states, settings)
+            aux, aux_kind = evaluate.exact_scores(bank, params, states, settings)[0], "scores"
         elif kind == "blocked_gibbs":
-            aux = proposal_apply(pparams, states)
-            s = proposal_net.argmax_structure(aux)
-        else:
-            s = structure_lib.random_structures(k_init, states.shape[0], n, bank.num_modules)
+            aux, aux_kind = proposal_apply(pparams, states), "logits"
+        energy_fn = evaluate.search_energy(bank, params, states, settings)
+        s = structure_priors.search_initial_structure(
+            k_init, energy_fn, aux, aux_kind, states.shape[0], n, bank.num_modules, *prior
+        )
         return s, k_anneal, aux
 
     def start(params, states, s, k_anneal):

@@ -57,8 +57,13 @@ class BounceGradConfig:
         writes each task's structure and energy within its block (:func:`gather_tasks`),
         which stays on the device holding that block when the data-axis size divides ``V``;
         the blocked edge layouts are per slice too (``gnn.rollout``'s ``groups``).
+      anneal_frames: the paper's per-task split of frames (its section 3: annealing on a
+        task's "train split", the gradient step on its "test split"): ``A > 0`` anneals
+        (energies and exact-move scores) on each task's first ``A`` frames and takes the
+        gradient on the frames after them; each part must hold more than ``p`` frames.
+        ``0`` (default): both use every frame. The paper states no fraction.
       symmetric_structure, node_types: structure priors (moves of
-        :func:`nri_modular.structure_priors.make_prior_move`; off by default).
+        :func:`nri_modular.structure_priors.make_search_move`; off by default).
     """
 
     p: int = 10
@@ -74,6 +79,7 @@ class BounceGradConfig:
     task_shards: int = 1
     loss: str = "mse"
     huber_delta: float = 0.01
+    anneal_frames: int = 0
     symmetric_structure: bool = False
     node_types: int = 0
 
@@ -107,6 +113,29 @@ def huber_rollout_loss(
       ``[B]`` mean over predicted frames, particles and state dims.
     """
     return gnn.rollout_loss(bank, params, states, structure, p, huber_delta=delta, **rollout_kwargs)
+
+
+def split_frames(states: jax.Array, anneal_frames: int, p: int) -> tuple[jax.Array, jax.Array]:
+    """A batch's frames for annealing and for the gradient step
+    (``BounceGradConfig.anneal_frames``).
+
+    Args:
+      states: ``[B, T, n, S]``.
+      anneal_frames: ``A``; 0: every frame for both.
+      p: rollout length: each part needs more than ``p`` frames.
+
+    Returns:
+      ``(states[:, :A], states[:, A:])``, or ``(states, states)`` for ``A = 0``.
+    """
+    if not anneal_frames:
+        return states, states
+    t = states.shape[1]
+    if not (p < anneal_frames and p < t - anneal_frames):
+        raise ValueError(
+            f"anneal_frames={anneal_frames} splits {t} frames into {anneal_frames} + "
+            f"{t - anneal_frames}; each part needs more than p={p} frames"
+        )
+    return states[:, :anneal_frames], states[:, anneal_frames:]
 
 
 def loss_delta(loss: str, huber_delta: float) -> float | None:
@@ -259,19 +288,14 @@ def make_bouncegrad_step(
 
     The returned function is pure; jit it (optionally with shardings, donation).
     """
-    if structure_priors.uses_prior(config.symmetric_structure, config.node_types):
-        proposal_fn = structure_priors.make_prior_move(
-            config.proposal,
-            bank.num_modules,
-            num_nodes,
-            config.symmetric_structure,
-            config.node_types,
-            config.uniform_mix,
-        )
-    else:
-        proposal_fn = structure_lib.make_move(
-            config.proposal, bank.num_modules, num_nodes, config.uniform_mix
-        )
+    proposal_fn = structure_priors.make_search_move(
+        config.proposal,
+        bank.num_modules,
+        num_nodes,
+        config.uniform_mix,
+        config.symmetric_structure,
+        config.node_types,
+    )
     if config.proposal == "blocked_gibbs" and proposal_apply is None:
         raise ValueError(f"proposal {config.proposal!r} needs a proposal network")
     configs = None
@@ -294,10 +318,11 @@ def make_bouncegrad_step(
         key = jax.random.fold_in(state.rng, state.step)
         k_anneal, _ = jax.random.split(key)
         shards = config.task_shards
+        anneal_states, grad_states = split_frames(batch.states, config.anneal_frames, config.p)
         structure = gather_tasks(state.structures, batch.task_ids, shards)
         energy = gather_tasks(state.energies, batch.task_ids, shards)
         if config.refresh_energy:
-            energy = loss_fn(state.params, batch.states, structure)
+            energy = loss_fn(state.params, anneal_states, structure)
 
         logits = None
         if config.sa_steps == 0:
@@ -308,7 +333,7 @@ def make_bouncegrad_step(
             logits = gnn.incoming_config_losses(
                 bank,
                 state.params,
-                batch.states,
+                anneal_states,
                 configs,
                 config.exact_stride,
                 groups=config.task_shards,
@@ -320,7 +345,7 @@ def make_bouncegrad_step(
         if config.sa_steps > 0:
             sa_state, diag = annealing.anneal(
                 sa_state,
-                lambda s: loss_fn(state.params, batch.states, s),
+                lambda s: loss_fn(state.params, anneal_states, s),
                 proposal_fn,
                 jnp.full((config.sa_steps,), state.temperature),
                 logits,
@@ -333,7 +358,7 @@ def make_bouncegrad_step(
 
         # 2. One gradient step on the modules with the accepted structures.
         def mean_loss(params):
-            per_task = loss_fn(params, batch.states, structure)
+            per_task = loss_fn(params, grad_states, structure)
             return per_task.mean(), per_task
 
         (loss, per_task), grads = jax.value_and_grad(mean_loss, has_aux=True)(state.params)
@@ -364,8 +389,13 @@ def make_bouncegrad_step(
             params=params,
             opt_state=opt_state,
             structures=scatter_tasks(state.structures, batch.task_ids, structure, shards),
+            # The annealing energy of the kept structure (pre-update weights): on a split,
+            # the annealing frames' (the gradient frames' loss is another quantity).
             energies=scatter_tasks(
-                state.energies, batch.task_ids, per_task.astype(jnp.float32), shards
+                state.energies,
+                batch.task_ids,
+                (sa_state.energy if config.anneal_frames else per_task).astype(jnp.float32),
+                shards,
             ),
             temperature=temperature,
             step=state.step + 1,

@@ -206,6 +206,11 @@ class Config:
         _BG.exact_stride,
         "Exact moves score a node's K^(n-1) settings on every exact_stride-th transition (1: all).",
     )
+    anneal_frames: int = _training(
+        _BG.anneal_frames,
+        "The paper's per-task split of frames: > 0 anneals on each task's first anneal_frames "
+        "frames and takes the gradient on the rest (each part > p frames); 0: both see all.",
+    )
     proposal_hidden: int = _training(
         64,
         "Width of the learned proposal network (Kipf et al.'s NRI encoder; the paper: 256), "
@@ -373,6 +378,10 @@ class Config:
             f"got {self.num_valid}",
         )
         _check(self.sa_steps >= 0, f"sa_steps must be >= 0, got {self.sa_steps}")
+        _check(
+            self.anneal_frames == 0 or self.anneal_frames > self.p,
+            f"anneal_frames must be 0 (no split) or more than p={self.p}, got {self.anneal_frames}",
+        )
         _check(self.horizon >= 0, f"horizon must be >= 0 (0: structures only), got {self.horizon}")
         _check(self.num_particles >= 2, f"num_particles must be >= 2, got {self.num_particles}")
         # K = 1: one module for every pair (no structure to infer), the baseline of choosing K.
@@ -580,6 +589,7 @@ def bouncegrad_config(config: Config) -> bouncegrad.BounceGradConfig:
         proposal=config.proposal,
         uniform_mix=config.uniform_mix,
         exact_stride=config.exact_stride,
+        anneal_frames=config.anneal_frames,
         loss=config.loss,
         huber_delta=config.huber_delta,
         block_rows=config.block_rows,

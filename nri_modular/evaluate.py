@@ -154,37 +154,21 @@ def search_energy(bank: ModuleBank, params: Params, states, config: SearchConfig
 
 @functools.partial(jax.jit, static_argnames=("bank", "config", "num_nodes", "proposal_apply"))
 def _search_batch(bank, params, states, key, config, num_nodes, proposal_params, proposal_apply):
-    proposal_fn = structure_lib.make_move(
-        config.proposal, bank.num_modules, num_nodes, config.uniform_mix
+    prior = (config.symmetric_structure, config.node_types)
+    proposal_fn = structure_priors.make_search_move(
+        config.proposal, bank.num_modules, num_nodes, config.uniform_mix, *prior
     )
     energy_fn = search_energy(bank, params, states, config)
 
     k_init, k_anneal = jax.random.split(key)
-    logits = None
-    configs_used = config.proposal in structure_lib.EXACT_KINDS
-    if configs_used:
-        logits, init = exact_scores(bank, params, states, config)
+    logits, aux_kind = None, None
+    if config.proposal in structure_lib.EXACT_KINDS:
+        logits, aux_kind = exact_scores(bank, params, states, config)[0], "scores"
     elif proposal_apply is not None:
-        logits = proposal_apply(proposal_params, states)
-        init = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    else:
-        init = structure_lib.random_structures(k_init, states.shape[0], num_nodes, bank.num_modules)
-    prior = (config.symmetric_structure, config.node_types)
-    if structure_priors.uses_prior(*prior):
-        proposal_fn = structure_priors.make_prior_move(
-            config.proposal, bank.num_modules, num_nodes, *prior, config.uniform_mix
-        )
-        aux_kind = None if logits is None else "scores" if configs_used else "logits"
-        init = structure_priors.prior_initial_structure(
-            k_init,
-            energy_fn,
-            logits,
-            aux_kind,
-            states.shape[0],
-            num_nodes,
-            bank.num_modules,
-            *prior,
-        )
+        logits, aux_kind = proposal_apply(proposal_params, states), "logits"
+    init = structure_priors.search_initial_structure(
+        k_init, energy_fn, logits, aux_kind, states.shape[0], num_nodes, bank.num_modules, *prior
+    )
     state = annealing.AnnealState(init, energy_fn(init), k_anneal, jnp.float32(config.t_start))
     temps = annealing.geometric_temperatures(config.t_start, config.t_end, config.num_steps)
     state, diag = annealing.anneal(state, energy_fn, proposal_fn, temps, logits)

@@ -162,8 +162,16 @@ def exact_best_structure(scores: jax.Array, num_nodes: int, num_modules: int) ->
     return configs[jnp.argmin(scores, axis=-1)].reshape(scores.shape[0], -1)
 
 
+def check_move_kind(kind: str) -> None:
+    """Raises ``ValueError`` naming :data:`MOVE_KINDS` unless ``kind`` is one of them."""
+    if kind not in MOVE_KINDS:
+        raise ValueError(f"unknown proposal {kind!r}; expected one of the moves {MOVE_KINDS}")
+
+
 def make_move(kind: str, num_modules: int, num_nodes: int, uniform_mix: float = 0.0):
-    """Annealing move function by name (the ``--proposal`` flag's value).
+    """Annealing move function by name (the ``--proposal`` flag's value), without a
+    structure prior (search calls :func:`nri_modular.structure_priors.make_search_move`,
+    which takes the prior and returns this move when none is on).
 
     Args:
       kind: ``"uniform"``, ``"blocked_gibbs"``, ``"exact_local"`` (one random node's
@@ -175,8 +183,7 @@ def make_move(kind: str, num_modules: int, num_nodes: int, uniform_mix: float = 
     Returns:
       A :data:`MoveFn`.
     """
-    if kind not in MOVE_KINDS:
-        raise ValueError(f"unknown proposal {kind!r}; expected one of the moves {MOVE_KINDS}")
+    check_move_kind(kind)
     if not 0.0 <= uniform_mix <= 1.0:
         raise ValueError(f"uniform_mix must be in [0, 1], got {uniform_mix}")
     if num_modules < 1:

@@ -15,11 +15,16 @@ unchanged.
   structures whose "module 1" relation is an equivalence relation (a disjoint union of at
   most ``T`` cliques), e.g. not a spring graph in general.
 
-Moves keep the signature of :data:`nri_modular.structure.ProposalFn` (``aux`` as there: the
+Moves keep the signature of :data:`nri_modular.structure.MoveFn` (``aux`` as there: the
 proposal network's logits ``[B, E, K]`` or the one-step scores ``[B, n, C]`` of
 :func:`nri_modular.gnn.incoming_config_losses`). Every move maps a structure satisfying the
 prior to one satisfying it. Types are not stored: they are read back from the structure
 (:func:`types_from_structure`), so the annealing state and ``TrainState`` are unchanged.
+
+Search takes the prior through one door each: :func:`make_search_move` (the move of a kind
+in :data:`nri_modular.structure.MOVE_KINDS`), :func:`random_prior_structures` (training's
+start) and :func:`search_initial_structure` (meta-test's start); with no prior on, each
+returns exactly what :mod:`nri_modular.structure` makes.
 
 Exact local moves under a prior. The one-step loss is ``sum_j loss_j(S[edges into j])``.
 Without a prior, changing node ``i``'s incoming edges changes only ``loss_i``. With the
@@ -44,9 +49,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from nri_modular import graph as graph_lib
+from nri_modular import proposal_net
 from nri_modular import structure as structure_lib
+from nri_modular.structure import MOVE_KINDS  # noqa: F401 (the kinds' one home, re-exported)
 
-MOVE_KINDS = ("uniform", "blocked_gibbs", "exact_local", "exact_sweep")
 # Exact optimum by enumeration when at most this many candidate structures exist; beyond
 # it, coordinate descent (every node to its exact local best, twice over the nodes).
 MAX_ENUMERATED = 4096
@@ -639,8 +645,8 @@ def make_prior_move(
     Returns:
       ``(key, structure [B, E], aux) -> structure [B, E]``, keeping the prior.
     """
-    if kind not in MOVE_KINDS:
-        raise ValueError(f"unknown move {kind!r}; expected one of {MOVE_KINDS}")
+    if kind not in structure_lib.MOVE_KINDS:
+        raise ValueError(f"unknown move {kind!r}; expected one of {structure_lib.MOVE_KINDS}")
     if not uses_prior(symmetric, node_types):
         raise ValueError("make_prior_move needs symmetric=True or node_types > 0")
     if not 0.0 <= uniform_mix <= 1.0:
@@ -648,7 +654,7 @@ def make_prior_move(
     if num_modules < 2:
         raise ValueError(f"structure search needs at least 2 modules, got {num_modules}")
     check_prior(num_modules, num_nodes, symmetric, node_types)
-    if kind in ("exact_local", "exact_sweep"):
+    if kind in structure_lib.EXACT_KINDS:
         structure_lib.incoming_configs(num_nodes, num_modules)  # Fails early if too many.
     n, k, types = num_nodes, num_modules, node_types
 
@@ -679,3 +685,70 @@ def make_prior_move(
         return jnp.where(use_uniform, uniform(k_u, structure), new)
 
     return move
+
+
+# ---------------------------------------------------------------------------------------
+# The doors search takes the prior through: prior or plain, chosen here only.
+
+
+def make_search_move(
+    kind: str,
+    num_modules: int,
+    num_nodes: int,
+    uniform_mix: float = 0.0,
+    symmetric: bool = False,
+    node_types: int = 0,
+):
+    """The annealing move of ``kind`` (one of :data:`nri_modular.structure.MOVE_KINDS`)
+    under the structure prior, if any.
+
+    With no prior on (``symmetric=False``, ``node_types=0``) it is the plain move of
+    :func:`nri_modular.structure.make_move` (the identity for one module); otherwise the move
+    of :func:`make_prior_move`, keeping the prior. Either way the same key gives the same
+    move as that builder's.
+
+    Returns:
+      A :data:`nri_modular.structure.MoveFn`.
+    """
+    structure_lib.check_move_kind(kind)
+    if uses_prior(symmetric, node_types):
+        return make_prior_move(kind, num_modules, num_nodes, symmetric, node_types, uniform_mix)
+    return structure_lib.make_move(kind, num_modules, num_nodes, uniform_mix)
+
+
+def search_initial_structure(
+    key,
+    energy_fn,
+    aux,
+    aux_kind,
+    num_tasks,
+    num_nodes,
+    num_modules,
+    symmetric: bool = False,
+    node_types: int = 0,
+):
+    """Where meta-test search starts, under the structure prior if any.
+
+    With a prior on: :func:`prior_initial_structure`. Without, by ``aux_kind``: ``"scores"``
+    (exact kinds) -> the exact one-step optimum
+    (:func:`nri_modular.structure.exact_best_structure`); ``"logits"`` (proposal network)
+    -> the most likely module per edge (:func:`nri_modular.proposal_net.argmax_structure`);
+    ``None`` -> uniformly random structures drawn with ``key``.
+
+    Args:
+      energy_fn: ``structure [B, E] -> energy [B]`` (read only by node types' exhaustive
+        start).
+      aux: ``[B, n, C]`` scores, ``[B, E, K]`` logits or ``None``.
+
+    Returns:
+      int32 ``[num_tasks, E]``.
+    """
+    if uses_prior(symmetric, node_types):
+        return prior_initial_structure(
+            key, energy_fn, aux, aux_kind, num_tasks, num_nodes, num_modules, symmetric, node_types
+        )
+    if aux_kind == "scores":
+        return structure_lib.exact_best_structure(aux, num_nodes, num_modules)
+    if aux_kind == "logits":
+        return proposal_net.argmax_structure(aux)
+    return structure_lib.random_structures(key, num_tasks, num_nodes, num_modules)

@@ -188,6 +188,12 @@ def _check_data(config: Config, data) -> None:
             f"{config.obs_frames} and horizon={config.horizon} need {needed}"
         )
     frames = train_split.states.shape[1]
+    if config.anneal_frames and not config.p < frames - config.anneal_frames:
+        raise ValueError(
+            f"anneal_frames={config.anneal_frames} leaves {frames - config.anneal_frames} of "
+            f"the {frames} training frames to the gradient step; it needs more than "
+            f"p={config.p}"
+        )
     if not config.p < frames:
         raise ValueError(
             f"p={config.p} rollout steps need more than {config.p} frames, but training "

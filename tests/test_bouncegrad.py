@@ -171,3 +171,44 @@ def test_meta_test_anneals_the_training_loss():
         own = gnn.rollout_loss(bank, teacher, jnp.asarray(noisy), found, 5, huber_delta=delta)
         np.testing.assert_allclose(energies[delta], np.asarray(own), rtol=1e-5)
     assert np.all(energies[0.01] < 0.9 * energies[None])
+
+
+def test_frame_split_anneals_on_the_first_frames_and_steps_on_the_rest(springs):
+    """anneal_frames = A (the paper's per-task split): the annealing (energies, exact
+    scores) reads frames [0, A) only and the gradient step frames [A, T) only."""
+    states, labels = springs
+    split = 12  # of 25 frames, p = 5
+    bank = ModuleBank(2, (32, 32), (32, 32))
+    opt = optax.adam(3e-3)
+
+    def make(anneal_frames, sa_steps):
+        cfg = bouncegrad.BounceGradConfig(
+            p=5,
+            sa_steps=sa_steps,
+            proposal="exact_local",
+            uniform_mix=0.2,
+            anneal_frames=anneal_frames,
+        )
+        return jax.jit(bouncegrad.make_bouncegrad_step(bank, opt, cfg, N))
+
+    state = bouncegrad.init_train_state(jax.random.PRNGKey(0), bank, opt, 48, N)
+    ids = np.arange(8)
+    batch = _batch(springs, ids)
+    # No annealing: the step equals a plain step on the gradient frames alone ...
+    split_state, split_metrics = make(split, 0)(state, batch)
+    tail = bouncegrad.Batch(batch.task_ids, batch.states[:, split:], batch.labels)
+    tail_state, tail_metrics = make(0, 0)(state, tail)
+    chex.assert_trees_all_close(split_state.params, tail_state.params, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(split_metrics["loss"], tail_metrics["loss"], rtol=1e-6)
+    # ... and stores the annealing frames' energy of the kept structure.
+    head = gnn.rollout_loss(bank, state.params, batch.states[:, :split], state.structures[ids], 5)
+    np.testing.assert_allclose(split_state.energies[ids], head, rtol=1e-5)
+    # With annealing, frames after the split never change the structures found.
+    changed = batch.states.at[:, split:].add(1.0)
+    a, _ = make(split, 3)(state, batch)
+    b, _ = make(split, 3)(state, bouncegrad.Batch(batch.task_ids, changed, batch.labels))
+    np.testing.assert_array_equal(a.structures, b.structures)
+    leaves = zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True)
+    assert not all(np.allclose(x, y) for x, y in leaves)  # the gradient frames did change
+    with pytest.raises(ValueError, match="each part needs more than p=5 frames"):
+        make(20, 1)(state, batch)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import itertools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -311,6 +312,85 @@ def test_random_prior_structures_and_bad_settings():
         sp.make_prior_move("uniform", 2, 5, symmetric=False, node_types=0)
     with pytest.raises(ValueError, match="too many to enumerate"):
         sp.type_candidates(17, 2)
+
+
+# ---------------------------------------------------------------------------------------
+# The doors search takes the prior through: the plain thing without a prior, else the prior's.
+
+DOOR_PRIORS = [(False, 0), (True, 0), (False, 2)]  # (symmetric, node_types)
+
+
+def _move_aux(kind, key, b, n, k):
+    if kind == "blocked_gibbs":
+        return 3.0 * jax.random.normal(key, (b, n * (n - 1), k))
+    if kind in structure_lib.EXACT_KINDS:
+        return jax.random.uniform(key, (b, n, k ** (n - 1)))
+    return None
+
+
+@pytest.mark.parametrize("kind", structure_lib.MOVE_KINDS)
+@pytest.mark.parametrize(
+    "k, symmetric, node_types", [(1, False, 0), (3, False, 0), (3, True, 0), (2, False, 2)]
+)
+def test_search_move_is_the_plain_move_without_a_prior_else_the_prior_move(
+    kind, k, symmetric, node_types
+):
+    n, b, mix = 4, 16, 0.3
+    structure = sp.random_prior_structures(jax.random.PRNGKey(0), b, n, k, symmetric, node_types)
+    aux = _move_aux(kind, jax.random.PRNGKey(1), b, n, k)
+    got = jax.jit(sp.make_search_move(kind, k, n, mix, symmetric, node_types))
+    if sp.uses_prior(symmetric, node_types):
+        want = jax.jit(sp.make_prior_move(kind, k, n, symmetric, node_types, mix))
+    else:
+        want = jax.jit(structure_lib.make_move(kind, k, n, mix))
+    for seed in (2, 3):
+        key = jax.random.PRNGKey(seed)
+        moved = np.asarray(got(key, structure, aux))
+        np.testing.assert_array_equal(moved, np.asarray(want(key, structure, aux)))
+        if k == 1:  # one module: the only structure, kept
+            np.testing.assert_array_equal(moved, np.asarray(structure))
+
+
+@pytest.mark.parametrize("symmetric, node_types", DOOR_PRIORS)
+def test_search_move_rejects_an_unknown_kind_naming_the_kinds(symmetric, node_types):
+    assert sp.MOVE_KINDS is structure_lib.MOVE_KINDS  # one home, re-exported
+    with pytest.raises(
+        ValueError,
+        match=re.escape(f"'gibbs'; expected one of the moves {structure_lib.MOVE_KINDS}"),
+    ):
+        sp.make_search_move("gibbs", 2, 4, 0.0, symmetric, node_types)
+
+
+@pytest.mark.parametrize("aux_kind", [None, "scores", "logits"])
+@pytest.mark.parametrize("symmetric, node_types", DOOR_PRIORS)
+def test_search_initial_structure_is_the_plain_start_without_a_prior(
+    aux_kind, symmetric, node_types
+):
+    n, k, b = 4, 2, 8
+    key = jax.random.PRNGKey(0)
+    aux = {
+        None: None,
+        "scores": jax.random.uniform(jax.random.PRNGKey(1), (b, n, k ** (n - 1))),
+        "logits": jax.random.normal(jax.random.PRNGKey(1), (b, n * (n - 1), k)),
+    }[aux_kind]
+    weights = jax.random.normal(jax.random.PRNGKey(2), (b, n * (n - 1)))
+
+    def energy_fn(s):
+        return (s * weights).sum(-1)
+
+    got = sp.search_initial_structure(key, energy_fn, aux, aux_kind, b, n, k, symmetric, node_types)
+    if sp.uses_prior(symmetric, node_types):
+        want = sp.prior_initial_structure(
+            key, energy_fn, aux, aux_kind, b, n, k, symmetric, node_types
+        )
+    elif aux_kind == "scores":  # the exact one-step optimum
+        want = structure_lib.exact_best_structure(aux, n, k)
+    elif aux_kind == "logits":  # the proposal network's most likely module per edge
+        want = jnp.argmax(aux, axis=-1).astype(jnp.int32)
+    else:
+        want = structure_lib.random_structures(key, b, n, k)
+    assert got.dtype == jnp.int32
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 # ---------------------------------------------------------------------------------------
