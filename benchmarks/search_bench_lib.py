@@ -40,6 +40,7 @@ from nri_modular import (
     distributed,
     evaluate,
     evaluate_saved,
+    loading,
     proposal_net,
     structure_priors,
 )
@@ -48,7 +49,7 @@ from nri_modular import metrics as metrics_lib
 from nri_modular import structure as structure_lib
 from nri_modular import train as train_lib
 from nri_modular.baselines import true_edges
-from nri_modular.data import Split, loading, task_batches
+from nri_modular.data import Split, task_batches
 from nri_modular.modules import ModuleBank
 
 NUM_TYPES = 2  # Relation types of both systems (spring / none; attract / repel).

@@ -7,7 +7,7 @@ the latest checkpoint in --workdir), and prints edge accuracy and k-step MSE. Ev
 is a field of `nri_modular.Config` (see --helpfull).
 """
 
-from nri_modular import cli
+from nri_modular import experiment
 
 if __name__ == "__main__":
-    cli.run("charged")
+    experiment.run("charged")

@@ -24,7 +24,7 @@ import time
 
 from absl import flags
 
-from nri_modular import cli
+from nri_modular import cli, experiment
 from nri_modular import config as config_lib
 
 _KS = flags.DEFINE_list("ks", ["1", "2", "3", "4"], "Numbers of modules K to fit.")
@@ -68,7 +68,7 @@ def main(argv):
     base = config_lib.config_from_flags(flags.FLAGS)
     if not base.dataset:
         raise ValueError("choose_k is for one's own data: give --dataset=NAME and --data_dir")
-    base = cli.own_data_config(base, flags.FLAGS)
+    base = experiment.own_data_config(base, flags.FLAGS)
     workdir = flags.FLAGS.workdir or f"runs/choose_k_{base.dataset}"
     os.makedirs(workdir, exist_ok=True)
     ks = sorted({int(k) for k in _KS.value})

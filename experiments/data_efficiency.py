@@ -36,7 +36,7 @@ def main(argv):
     cli.start(argv)
     from nri_modular import checkpoints, plots
     from nri_modular.baselines import tables
-    from nri_modular.data.loading import load_data
+    from nri_modular.loading import load_data
 
     base_config = config_lib.config_from_flags(flags.FLAGS)
     out = flags.FLAGS.out.format(system=base_config.system)

@@ -8,7 +8,7 @@ checkpoint in --workdir), and prints edge accuracy and k-step MSE. Every flag is
 `nri_modular.Config` (see --helpfull).
 """
 
-from nri_modular import cli
+from nri_modular import experiment
 
 if __name__ == "__main__":
-    cli.run("kuramoto")
+    experiment.run("kuramoto")

@@ -38,7 +38,7 @@ def main(argv):
     cli.start(argv)
     from nri_modular import checkpoints
     from nri_modular.baselines import tables
-    from nri_modular.data.loading import load_data
+    from nri_modular.loading import load_data
 
     config = config_lib.config_from_flags(flags.FLAGS)
     settings = tables.baseline_settings(

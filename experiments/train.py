@@ -13,7 +13,7 @@ edge accuracy too. --system=springs|charged|kuramoto runs a simulated system ins
 `nri_modular.Config` (see --helpfull).
 """
 
-from nri_modular import cli
+from nri_modular import experiment
 
 if __name__ == "__main__":
-    cli.run("")
+    experiment.run("")

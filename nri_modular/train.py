@@ -1,6 +1,6 @@
 """``train_and_evaluate(config, workdir)``: data -> BounceGrad meta-training -> meta-test.
 
-A run flows one way: the dataset (:mod:`nri_modular.data.loading`), batches of tasks
+A run flows one way: the dataset (:mod:`nri_modular.loading`), batches of tasks
 (:mod:`nri_modular.data.batching`), the sharded step built here (:func:`build`), the loop
 (:func:`train`), which writes metrics (:mod:`nri_modular.writers`) and checkpoints
 (:mod:`nri_modular.checkpoints`), then the meta-test (:func:`nri_modular.evaluate.meta_test`)
@@ -50,13 +50,14 @@ from nri_modular import (
     checkpoints,
     distributed,
     evaluate,
+    loading,
     metrics,
     proposal_net,
     reporting,
 )
 from nri_modular import config as config_lib
 from nri_modular.config import Config
-from nri_modular.data import batching, datasets, loading
+from nri_modular.data import batching, datasets
 from nri_modular.modules import ModuleBank
 from nri_modular.writers import MetricWriter
 

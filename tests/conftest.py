@@ -131,7 +131,7 @@ def flagfile_config(path: str = TEST_FLAGS, **overrides):
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):
     """The CI flagfile's dataset, generated once per test run."""
-    from nri_modular.data import loading
+    from nri_modular import loading
 
     def build(data_dir):
         os.makedirs(data_dir)

@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from conftest import flagfile_config
 
-from nri_modular import baselines, gnn
+from nri_modular import baselines, gnn, loading
 from nri_modular.baselines import base, correlation, nri
-from nri_modular.data import loading
 from nri_modular.modules import ModuleBank
 
 # Tiny data: 4 particles, 40 training tasks (the CI flagfile's data, horizon 10).

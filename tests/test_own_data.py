@@ -140,7 +140,7 @@ def test_bad_requests_name_the_problem(tmp_path):
 
 
 def test_simulated_system_never_writes_into_a_folder_of_own_data(tmp_path):
-    from nri_modular.data import loading
+    from nri_modular import loading
 
     folder = _write_loc(tmp_path)
     before = sorted(os.listdir(folder))

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from conftest import REPO, build_once, flagfile_config, run_checked
 
-from nri_modular import distributed, evaluate, evaluate_saved, gnn, structure_priors, train
+from nri_modular import distributed, evaluate, evaluate_saved, gnn, loading, structure_priors, train
 from nri_modular import structure as structure_lib
 from nri_modular.config import Config
-from nri_modular.data import loading, task_batches
+from nri_modular.data import task_batches
 
 SCRIPT = os.path.join(REPO, "benchmarks", "structure_search.py")
 _spec = importlib.util.spec_from_file_location(

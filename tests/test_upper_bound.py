@@ -76,7 +76,7 @@ def test_exact_init_is_the_argmin_of_the_one_step_loss_over_all_structures():
 
 
 def _curve_rows(data_dir, tmp_path, arm, steps=3, **overrides):
-    from nri_modular.data import loading
+    from nri_modular import loading
 
     config = flagfile_config(data_dir=data_dir, **overrides)  # 4 valid tasks
     data = loading.load_data(config)
