@@ -19,13 +19,14 @@ class SearchConfig:
       t_start, t_end: geometric temperature schedule.
       p: rollout length of the energy (as in training).
       batch_size: tasks annealed together (static shape; the last batch is padded).
-      proposal, uniform_mix: see :func:`nri_modular.structure.make_move`. Search
-        starts from the exact one-step optimum (exact kinds), else from the proposal
-        network's argmax when a network is given, else from a random structure.
-      symmetric_structure, node_types: structure priors: moves of
-        :func:`nri_modular.structure_priors.make_prior_move`, start of
-        :func:`nri_modular.structure_priors.prior_initial_structure` (with few node-type
-        structures: the exact optimum of the energy over all of them).
+      proposal, uniform_mix: the moves of
+        :func:`nri_modular.structure_priors.make_search_move`. Search starts
+        (:func:`nri_modular.structure_priors.search_initial_structure`) from the exact
+        one-step optimum (exact kinds), else from the proposal network's argmax when a
+        network is given, else from a random structure.
+      symmetric_structure, node_types: structure priors, through the same two functions
+        (with few node-type structures the start is the exact optimum of the energy over
+        all of them).
       huber_delta: the energy's penalty (:func:`nri_modular.gnn.penalty`): ``None``
         squared error, else Huber; a run's own (:func:`search_config`) is its training
         loss, so meta-test anneals the energy that training annealed.
