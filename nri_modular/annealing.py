@@ -75,11 +75,12 @@ def anneal_step(
     state: AnnealState,
     energy_fn: EnergyFn,
     proposal_fn: MoveFn,
-    logits: jax.Array | None = None,
+    aux: jax.Array | None = None,
 ) -> tuple[AnnealState, AnnealDiagnostics]:
-    """One propose -> evaluate -> accept step for every task in the batch."""
+    """One propose -> evaluate -> accept step for every task in the batch (``aux``: the
+    move's fixed input, see :func:`anneal`)."""
     key, k_prop, k_acc = jax.random.split(state.key, 3)
-    proposed = proposal_fn(k_prop, state.structure, logits)
+    proposed = proposal_fn(k_prop, state.structure, aux)
     changed = (proposed != state.structure).any(axis=-1)
     # An unchanged proposal keeps the current energy exactly: re-evaluating it can differ
     # in the last bits (other fusion / partitioning), which must not count as a worse move.
@@ -108,14 +109,16 @@ def anneal(
     energy_fn: EnergyFn,
     proposal_fn: MoveFn,
     temperatures: jax.Array,
-    logits: jax.Array | None = None,
+    aux: jax.Array | None = None,
 ) -> tuple[AnnealState, AnnealDiagnostics]:
     """Runs ``len(temperatures)`` annealing steps as one ``lax.scan``.
 
     Args:
       state: initial :class:`AnnealState` (its temperature is overwritten per step).
       temperatures: ``[steps]`` temperature of each step.
-      logits: optional ``[B, E, K]`` proposal logits (fixed during the scan).
+      aux: the move's input, fixed during the scan: the learned proposal's logits
+        ``[B, E, K]`` (blocked Gibbs), the exact one-step scores of every node's incoming
+        settings ``[B, n, K^(n-1)]`` (exact kinds), or None (uniform).
 
     Returns:
       Final state and :class:`AnnealDiagnostics` with leaves ``[steps]``.
@@ -123,7 +126,7 @@ def anneal(
 
     def body(s, temperature):
         s = s.replace(temperature=temperature)
-        return anneal_step(s, energy_fn, proposal_fn, logits)
+        return anneal_step(s, energy_fn, proposal_fn, aux)
 
     return jax.lax.scan(body, state, temperatures)
 

@@ -324,13 +324,13 @@ def make_bouncegrad_step(
         if config.refresh_energy:
             energy = loss_fn(state.params, anneal_states, structure)
 
-        logits = None
+        aux = None
         if config.sa_steps == 0:
             pass
         elif config.proposal == "blocked_gibbs":
-            logits = proposal_apply(state.proposal_params, batch.states)
+            aux = proposal_apply(state.proposal_params, batch.states)
         elif config.proposal in structure_lib.EXACT_KINDS:
-            logits = gnn.incoming_config_losses(
+            aux = gnn.incoming_config_losses(
                 bank,
                 state.params,
                 anneal_states,
@@ -348,7 +348,7 @@ def make_bouncegrad_step(
                 lambda s: loss_fn(state.params, anneal_states, s),
                 proposal_fn,
                 jnp.full((config.sa_steps,), state.temperature),
-                logits,
+                aux,
             )
             worse_accept = jnp.nanmean(diag.worse_accept_rate)
             accept = diag.accept_rate.mean()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -161,17 +162,17 @@ def _search_batch(bank, params, states, key, config, num_nodes, proposal_params,
     energy_fn = search_energy(bank, params, states, config)
 
     k_init, k_anneal = jax.random.split(key)
-    logits, aux_kind = None, None
+    aux, aux_kind = None, None
     if config.proposal in structure_lib.EXACT_KINDS:
-        logits, aux_kind = exact_scores(bank, params, states, config)[0], "scores"
+        aux, aux_kind = exact_scores(bank, params, states, config)[0], "scores"
     elif proposal_apply is not None:
-        logits, aux_kind = proposal_apply(proposal_params, states), "logits"
+        aux, aux_kind = proposal_apply(proposal_params, states), "logits"
     init = structure_priors.search_initial_structure(
-        k_init, energy_fn, logits, aux_kind, states.shape[0], num_nodes, bank.num_modules, *prior
+        k_init, energy_fn, aux, aux_kind, states.shape[0], num_nodes, bank.num_modules, *prior
     )
     state = annealing.AnnealState(init, energy_fn(init), k_anneal, jnp.float32(config.t_start))
     temps = annealing.geometric_temperatures(config.t_start, config.t_end, config.num_steps)
-    state, diag = annealing.anneal(state, energy_fn, proposal_fn, temps, logits)
+    state, diag = annealing.anneal(state, energy_fn, proposal_fn, temps, aux)
     return state.structure, state.energy, diag
 
 
@@ -250,6 +251,18 @@ def _rollout_sq_error(
     return err, metrics.squared_error_per_step(preds * factors, truth * factors)
 
 
+class PredictionMSE(NamedTuple):
+    """Per-step MSE of open-loop predictions (:func:`prediction_mse`).
+
+    Attributes:
+      normalised: ``[horizon]`` in normalised units.
+      physical: ``[horizon]`` in the units of the ``dim_scale`` asked for, else None.
+    """
+
+    normalised: np.ndarray
+    physical: np.ndarray | None = None
+
+
 def prediction_mse(
     bank: ModuleBank,
     params: Params,
@@ -264,7 +277,7 @@ def prediction_mse(
     fetch: Callable[[jax.Array], np.ndarray] = np.asarray,
     groups: int = 1,
     dim_scale: np.ndarray | None = None,
-) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+) -> PredictionMSE:
     """MSE of open-loop rollouts from ``start_frame``, per step.
 
     Args:
@@ -277,8 +290,9 @@ def prediction_mse(
       put, fetch: as in :func:`search_structures`.
 
     Returns:
-      ``[horizon]``: entry ``k - 1`` is the MSE of the ``k``-step prediction (normalised
-      units); with ``dim_scale``, ``(that, the MSE in dim_scale's units [horizon])``.
+      A :class:`PredictionMSE`: ``normalised [horizon]`` (entry ``k - 1`` is the MSE of
+      the ``k``-step prediction) and, with ``dim_scale``, ``physical [horizon]`` in its
+      units (else None).
     """
     n_tasks, t = states.shape[:2]
     if start_frame + horizon >= t:
@@ -307,9 +321,7 @@ def prediction_mse(
         total += err.sum(0)
         if scaled is not None:
             total_scaled += fetch(scaled)[:valid].sum(0)
-    if scale is None:
-        return total / n_tasks
-    return total / n_tasks, total_scaled / n_tasks
+    return PredictionMSE(total / n_tasks, None if scale is None else total_scaled / n_tasks)
 
 
 class NonFiniteResultError(ArithmeticError):
@@ -444,7 +456,7 @@ def meta_test(
     search_seconds = time.time() - start
     mse, physical = np.zeros(0), np.zeros(0)  # horizon 0: the structures only
     if config.horizon > 0:
-        mse = prediction_mse(
+        mse, physical = prediction_mse(
             bank,
             state.params,
             test.states,
@@ -459,7 +471,6 @@ def meta_test(
             groups=config.task_shards,
             dim_scale=dim_scale,
         )
-        mse, physical = (mse, None) if dim_scale is None else mse
     penalties, evidence, auroc = _edge_scores(
         config,
         bank,

@@ -191,7 +191,7 @@ def test_one_rollout_gives_normalised_and_physical_mse(
         list(batching.padded_batches(states.shape[0], config.test_batch_size))
     )
     obs, horizon = config.obs_frames, config.horizon
-    normalised = evaluate.prediction_mse(
+    normalised, physical_none = evaluate.prediction_mse(
         seen["bank"],
         seen["params"],
         states,
@@ -203,6 +203,7 @@ def test_one_rollout_gives_normalised_and_physical_mse(
         edge_compute=config.edge_compute,
         groups=config.task_shards,
     )
+    assert physical_none is None  # no dim_scale asked: no physical units
     assert results["mse_per_step"] == [float(v) for v in normalised]
     meta = checkpoints.read_run_meta(trained_workdir)
     scale = evaluate.physical_scale(datasets.Normalization.from_dict(meta["normalization"]))
