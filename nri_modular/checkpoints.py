@@ -223,7 +223,7 @@ def write_run_meta(
       config: the run's config.
       normalization: ``Normalization.to_dict()`` of the training split (never recomputed
         when the run is evaluated).
-      train_data: ``datasets.fingerprint`` of the training split.
+      train_data: ``data.files.fingerprint`` of the training split.
       module_to_relation: ``{str(step): [K] map}`` chosen on the training tasks' structures
         of each checkpoint, plus ``"train_edge_accuracy"`` per step.
       segments: ``[{"start_step": k, "changed": {field: [before, after]}}]``: where the

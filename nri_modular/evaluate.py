@@ -31,6 +31,7 @@ from nri_modular import annealing, bouncegrad, distributed, gnn, metrics, struct
 from nri_modular import structure as structure_lib
 from nri_modular.config import Config
 from nri_modular.data import batching, datasets
+from nri_modular.data.normalization import Normalization
 from nri_modular.modules import ModuleBank, Params
 from nri_modular.search_config import SearchConfig  # noqa: F401 (evaluate.SearchConfig)
 
@@ -537,7 +538,7 @@ def _edge_scores(config, bank, params, observed, structures, mapping, labels, no
     return penalties, evidence, auroc
 
 
-def physical_scale(normalization: datasets.Normalization) -> np.ndarray:
+def physical_scale(normalization: Normalization) -> np.ndarray:
     """``[state_dim]`` factors taking normalised errors of each state channel (x, y, vx,
     vy) to physical units: half of each channel's training range."""
     return (np.array(normalization.maximum) - np.array(normalization.minimum)) / 2

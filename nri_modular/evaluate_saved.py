@@ -24,7 +24,8 @@ from absl import logging
 
 from nri_modular import atomic, checkpoints, distributed, evaluate, gnn, metrics, plots, train
 from nri_modular.config import Config
-from nri_modular.data import datasets, own
+from nri_modular.data import datasets, files, own
+from nri_modular.data.normalization import Normalization
 
 # What evaluate_run may change of a run's meta-test (search and prediction settings);
 # everything else (model, normalisation, map) is the run's own.
@@ -79,7 +80,7 @@ def _legacy_meta(config: Config, state, step: int) -> dict:
     )
     return {
         "normalization": train_split.normalization.to_dict(),
-        "train_data": datasets.fingerprint(config.data_dir, config.system, config.num_particles),
+        "train_data": files.fingerprint(config.data_dir, config.system, config.num_particles),
         "module_to_relation": {
             str(step): {
                 "map": [int(v) for v in mapping],
@@ -230,7 +231,7 @@ def evaluate_run(
             f"but this run's module 1 stands for relation {entry['map'][1]} (map "
             f"{entry['map']}); its modules cannot be searched with node types as they are"
         )
-    normalization = datasets.Normalization.from_dict(meta["normalization"])
+    normalization = Normalization.from_dict(meta["normalization"])
     relations = run_relations(config, meta)
     dataset = config.dataset if dataset is None else dataset
     if dataset:

@@ -15,7 +15,7 @@ from absl import logging
 
 from nri_modular import distributed
 from nri_modular.config import Config
-from nri_modular.data import datasets, own
+from nri_modular.data import datasets, files, own
 
 
 def load_data(config: Config, train_rows: np.ndarray | None = None) -> datasets.Dataset:
@@ -93,4 +93,4 @@ def train_fingerprint(config: Config) -> dict:
     """What identifies the run's training data (checked when a run resumes)."""
     if config.dataset:
         return own.fingerprint(config.data_dir, config.dataset)
-    return datasets.fingerprint(config.data_dir, config.system, config.num_particles)
+    return files.fingerprint(config.data_dir, config.system, config.num_particles)

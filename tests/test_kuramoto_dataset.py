@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO, flagfile_config
 
 from nri_modular import graph, structure
-from nri_modular.data import datasets, kuramoto
+from nri_modular.data import datasets, files, kuramoto
 
 FLAGS_DIR = os.path.join(REPO, "experiments", "flags")
 
@@ -56,7 +56,7 @@ def test_nri_kuramoto_files_of_someone_else_load_and_are_never_written(kuramoto_
     os.remove(theirs / "meta_kuramoto4.json")  # files NRI's code (or a user) wrote
     data = datasets.ensure_dataset(str(theirs), "kuramoto", 40, 4, 8, seed=3, num_particles=4)
     assert data.test.states.shape == (8, 99, 4, 4)
-    assert datasets.folder_datasets(str(theirs))[("kuramoto", 4)]["ours"] is False
+    assert files.folder_datasets(str(theirs))[("kuramoto", 4)]["ours"] is False
     with pytest.raises(ValueError, match="we did not write"):
         datasets.ensure_dataset(str(theirs), "springs", 40, 4, 8, seed=3, num_particles=4)
     with pytest.raises(FileNotFoundError, match="feat_train_kuramoto5.npy"):

@@ -9,7 +9,7 @@ import pytest
 from conftest import flagfile_config
 
 from nri_modular import checkpoints, train
-from nri_modular.data import datasets
+from nri_modular.data import datasets, files
 
 
 @pytest.mark.parametrize(
@@ -111,7 +111,7 @@ def test_resume_refuses_other_training_data_but_not_a_moved_folder(
     moved = str(tmp_path / "moved_data")
     shutil.copytree(tiny_data_dir, moved)
     saved = checkpoints.read_run_meta(workdir)["train_data"]
-    assert datasets.fingerprint(moved, "springs", 4) == saved  # another path, same data
+    assert files.fingerprint(moved, "springs", 4) == saved  # another path, same data
     other = str(tmp_path / "other_data")
     datasets.generate_dataset(
         "springs", other, num_train=40, num_valid=4, num_test=8, seed=43, num_particles=4

@@ -2,7 +2,9 @@
 
 ``physics`` integrates the particle systems of Kipf et al. (2018) (see
 ``shared/DATA_SPEC.md``), ``kuramoto`` the Kuramoto oscillators of NRI's benchmark grid;
-``datasets`` writes and reads the Kipf ``.npy`` layout and normalises states to [-1, 1];
+``datasets`` generates, reads and holds the Kipf-layout datasets (``files``: their names on
+disk, safe reading, what a folder holds and whether we may write there; ``normalization``:
+states to [-1, 1] with the training ranges, per channel);
 ``own`` reads one's own named datasets (any dimension, optional labels);
 ``batching`` makes the batches of task indices (training epochs, padded evaluation).
 """
@@ -10,17 +12,15 @@
 from nri_modular.data.batching import check_block_local, eval_batches, task_batches
 from nri_modular.data.datasets import (
     NUM_RELATION_TYPES,
-    SPLITS,
-    SYSTEMS,
     Dataset,
-    Normalization,
     Split,
     ensure_dataset,
-    file_name,
     gather,
     generate_dataset,
     load_dataset,
 )
+from nri_modular.data.files import SPLITS, SYSTEMS, file_name
+from nri_modular.data.normalization import Normalization
 from nri_modular.data.physics import (
     SystemConfig,
     compile_simulate,

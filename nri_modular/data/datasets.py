@@ -32,28 +32,39 @@ velocities (Kipf: ``(x - min) * 2 / (max - min) - 1``), and ``labels`` int32
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from nri_modular import atomic, graph
 from nri_modular.data import kuramoto, physics
+from nri_modular.data.files import (
+    SPLITS,
+    SYSTEMS,
+    check_files_match_meta,
+    check_finite,
+    check_splits,
+    check_system,
+    check_writable,
+    dataset_file_names,
+    describe_datasets,
+    file_name,
+    fingerprint,
+    folder_datasets,
+    kinds,
+    listing,
+    load_array,
+    meta_file_name,
+    read_meta,
+    split_file_names,
+)
+from nri_modular.data.normalization import IDENTITY, Normalization
 
-SPLITS = ("train", "valid", "test")
-# The one list of the systems we simulate (config's flags and the generator read it).
-SYSTEMS = (*physics.SYSTEMS, kuramoto.NAME)
-# Files of a split, per system layout: the first kind holds the states (its first axis is
-# the number of simulations).
-_KINDS = {"springs": ("loc", "vel", "edges"), "charged": ("loc", "vel", "edges")}
-_KINDS[kuramoto.NAME] = ("feat", "edges")
 # Relation types of each system (springs: none / spring; charged: opposite / like charges;
 # Kuramoto: not coupled / j drives i): module -> relation maps are chosen among them.
 NUM_RELATION_TYPES = dict.fromkeys(SYSTEMS, 2)
@@ -65,154 +76,6 @@ _META_VERSION = 1
 
 # Signature: progress(split: str, sims_done: int, num_sims: int) -> None
 SplitProgressFn = Callable[[str, int, int], None]
-
-
-def file_name(kind: str, split: str, system: str, num_particles: int) -> str:
-    """``"{kind}_{split}_{system}{n}.npy"``, e.g. ``loc_train_springs5.npy``."""
-    return f"{kind}_{split}_{system}{num_particles}.npy"
-
-
-def meta_file_name(system: str, num_particles: int) -> str:
-    """``"meta_{system}{n}.json"``: the generation arguments of a dataset we wrote."""
-    return f"meta_{system}{num_particles}.json"
-
-
-def _check_system(system: str) -> None:
-    if system not in SYSTEMS:
-        raise ValueError(f"unknown system {system!r}; expected one of {SYSTEMS}")
-
-
-def kinds(system: str) -> tuple[str, ...]:
-    """The file kinds of one split: ``("loc", "vel", "edges")`` (springs, charged) or
-    ``("feat", "edges")`` (Kuramoto); the first holds the states."""
-    _check_system(system)
-    return _KINDS[system]
-
-
-def split_file_names(split: str, system: str, num_particles: int) -> list[str]:
-    """The ``.npy`` names of one split of a dataset, states first."""
-    return [file_name(k, split, system, num_particles) for k in kinds(system)]
-
-
-def dataset_file_names(system: str, num_particles: int) -> list[str]:
-    """Every ``.npy`` name of a dataset's three splits."""
-    return [n for split in SPLITS for n in split_file_names(split, system, num_particles)]
-
-
-def _check_splits(splits: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(splits, str):
-        splits = (splits,)
-    unknown = [s for s in splits if s not in SPLITS]
-    if unknown or not splits:
-        raise ValueError(f"splits must be a non-empty subset of {SPLITS}, got {tuple(splits)}")
-    return tuple(splits)
-
-
-# ----------------------------------------------------------------------------------------
-# Normalisation.
-
-
-@dataclasses.dataclass(frozen=True)
-class Normalization:
-    """Per-channel min/max of the training states; maps each channel's range to [-1, 1].
-
-    Kipf's normalisation is one min/max for every position channel and one for every
-    velocity channel (:meth:`positions_velocities`, :meth:`from_arrays`); features of
-    one's own data get a min/max each (:meth:`from_channels`). Works on numpy arrays
-    (returns numpy) and on JAX arrays / tracers (returns JAX).
-
-    Attributes:
-      minimum, maximum: ``[state_dim]`` floats, ``maximum > minimum`` per channel.
-    """
-
-    minimum: tuple[float, ...]
-    maximum: tuple[float, ...]
-
-    def __post_init__(self):
-        lo, hi = (tuple(float(v) for v in np.ravel(x)) for x in (self.minimum, self.maximum))
-        object.__setattr__(self, "minimum", lo)
-        object.__setattr__(self, "maximum", hi)
-        if not lo or len(lo) != len(hi):
-            raise ValueError(f"minimum {lo} and maximum {hi} must be non-empty, of one length")
-        for c, (a, b) in enumerate(zip(lo, hi, strict=True)):
-            if not (np.isfinite(a) and np.isfinite(b) and b > a):
-                raise ValueError(
-                    f"channel {c}'s range must be finite with max > min, got [{a}, {b}]"
-                )
-
-    @classmethod
-    def positions_velocities(
-        cls, loc_min: float, loc_max: float, vel_min: float, vel_max: float, dim: int = 2
-    ) -> Normalization:
-        """Kipf's: one range for the ``dim`` position channels, one for the velocities."""
-        return cls((loc_min,) * dim + (vel_min,) * dim, (loc_max,) * dim + (vel_max,) * dim)
-
-    @classmethod
-    def from_arrays(cls, loc: np.ndarray, vel: np.ndarray) -> Normalization:
-        """Statistics of (training) positions and velocities in Kipf's layout
-        ``[..., D, n]`` (D position channels)."""
-        return cls.positions_velocities(
-            float(loc.min()), float(loc.max()), float(vel.min()), float(vel.max()), loc.shape[-2]
-        )
-
-    @classmethod
-    def from_channels(cls, states: np.ndarray) -> Normalization:
-        """A range per channel of (training) states ``[..., S]``; a constant channel gets
-        the range ``[c - 1, c + 1]`` (it normalises to 0)."""
-        flat = np.asarray(states, np.float64).reshape(-1, states.shape[-1])
-        lo, hi = flat.min(axis=0), flat.max(axis=0)
-        constant = hi == lo
-        return cls(np.where(constant, lo - 1, lo), np.where(constant, hi + 1, hi))
-
-    @property
-    def state_dim(self) -> int:
-        return len(self.minimum)
-
-    def to_dict(self) -> dict[str, list[float]]:
-        return {"minimum": list(self.minimum), "maximum": list(self.maximum)}
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> Normalization:
-        """Reads :meth:`to_dict`, and the ``loc_min, loc_max, vel_min, vel_max`` of runs
-        saved before per-channel ranges (2-D positions and velocities)."""
-        if "minimum" in d:
-            return cls(tuple(d["minimum"]), tuple(d["maximum"]))
-        return cls.positions_velocities(*(float(d[k]) for k in _LEGACY_KEYS))
-
-    def _lo_span(self, states):
-        xp = np if isinstance(states, np.ndarray) else jnp
-        lo, hi = np.array(self.minimum), np.array(self.maximum)
-        shape = (1,) * (states.ndim - 1) + (len(lo),)
-        return xp.asarray(lo.reshape(shape), states.dtype), xp.asarray(
-            (hi - lo).reshape(shape), states.dtype
-        )
-
-    def normalise(self, states):
-        """Physical ``[..., S]`` states -> [-1, 1] on the training range."""
-        self._check_last_axis(states)
-        lo, span = self._lo_span(states)
-        return (states - lo) * 2 / span - 1
-
-    def denormalise(self, states):
-        """Inverse of :meth:`normalise`: ``[..., S]`` normalised states -> physical units."""
-        self._check_last_axis(states)
-        lo, span = self._lo_span(states)
-        return (states + 1) * span / 2 + lo
-
-    def _check_last_axis(self, states) -> None:
-        if states.ndim < 1 or states.shape[-1] != self.state_dim:
-            raise ValueError(
-                f"states must be [..., {self.state_dim}] (the channels this normalisation "
-                f"was made for), got shape {states.shape}"
-            )
-
-
-_LEGACY_KEYS = ("loc_min", "loc_max", "vel_min", "vel_max")
-
-# Kuramoto's features are scaled to [-1, 1] when generated: their normalisation maps
-# [-1, 1] to itself (exactly, in float64).
-IDENTITY = Normalization.positions_velocities(-1.0, 1.0, -1.0, 1.0)
-
 
 # ----------------------------------------------------------------------------------------
 # Datasets in memory.
@@ -333,7 +196,7 @@ class Relations:
 def system_relations(system: str) -> Relations:
     """The relation types of a simulated system (:data:`NUM_RELATION_TYPES`,
     :data:`NO_RELATION`)."""
-    _check_system(system)
+    check_system(system)
     return Relations(NUM_RELATION_TYPES[system], NO_RELATION.get(system))
 
 
@@ -513,7 +376,7 @@ def generate_dataset(
     Returns:
       ``{file name: path}`` of the files written.
     """
-    _check_system(system)
+    check_system(system)
     steps = {"train": train_steps, "valid": train_steps, "test": test_steps}
     sizes = {"train": num_train, "valid": num_valid, "test": num_test}
     for split in SPLITS:  # validate everything before simulating anything
@@ -538,7 +401,7 @@ def generate_dataset(
     ]
     if existing and not overwrite:
         raise FileExistsError(
-            f"{out_dir} already holds our {system}{num_particles} dataset ({_listing(existing)}); "
+            f"{out_dir} already holds our {system}{num_particles} dataset ({listing(existing)}); "
             "it is replaced only when asked (--overwrite for nri_modular.data.generate, "
             "--regenerate_data for a run): or use another folder"
         )
@@ -620,26 +483,6 @@ def _split_rng(seed: int, split: str) -> np.random.Generator:
 # Reading.
 
 
-def _load_array(path: str, mmap: bool = False) -> np.ndarray:
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"missing dataset file {path}; generate it with `python -m "
-            "nri_modular.data.generate` or use ensure_dataset()"
-        )
-    try:
-        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    except (EOFError, OSError, ValueError) as e:
-        raise ValueError(
-            f"{path}: cannot be read ({type(e).__name__}: {e}); a file is damaged or "
-            "truncated: delete it (or the directory) to regenerate"
-        ) from e
-    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise ValueError(
-            f"{path}: expected a real-valued (float or integer) array, got dtype {array.dtype}"
-        )
-    return array
-
-
 def _load_raw(data_dir: str, split: str, system: str, num_particles: int, mmap: bool = False):
     """Reads and checks one split's files (see the module docstring).
 
@@ -657,8 +500,8 @@ def _load_raw(data_dir: str, split: str, system: str, num_particles: int, mmap: 
         k: os.path.join(data_dir, file_name(k, split, system, num_particles))
         for k in ("loc", "vel", "edges")
     }
-    loc, vel = (_load_array(paths[k], mmap) for k in ("loc", "vel"))
-    edges = _load_array(paths["edges"])
+    loc, vel = (load_array(paths[k], mmap) for k in ("loc", "vel"))
+    edges = load_array(paths["edges"])
     if loc.ndim != 4 or loc.shape[2] != 2:
         raise ValueError(f"{paths['loc']}: expected shape [sims, frames, 2, n], got {loc.shape}")
     if vel.shape != loc.shape:
@@ -689,7 +532,7 @@ def _check_split(paths, arrays, sims, frames, n, num_particles, counted: str) ->
             f"{paths[states_kind]} {shape}, got {arrays['edges'].shape}"
         )
     for kind, array in arrays.items():
-        _check_finite(array, paths[kind])
+        check_finite(array, paths[kind])
 
 
 def _load_raw_features(data_dir: str, split: str, num_particles: int, mmap: bool):
@@ -698,8 +541,8 @@ def _load_raw_features(data_dir: str, split: str, num_particles: int, mmap: bool
     paths = {
         k: os.path.join(data_dir, file_name(k, split, system, num_particles)) for k in kinds(system)
     }
-    feat = _load_array(paths["feat"], mmap)
-    edges = _load_array(paths["edges"])
+    feat = load_array(paths["feat"], mmap)
+    edges = load_array(paths["edges"])
     if feat.ndim != 4 or feat.shape[3] != 4:
         raise ValueError(
             f"{paths['feat']}: expected shape [sims, n, frames, 4] (NRI's Kuramoto layout), "
@@ -709,23 +552,6 @@ def _load_raw_features(data_dir: str, split: str, num_particles: int, mmap: bool
     arrays = {"feat": feat, "edges": edges}
     _check_split(paths, arrays, sims, frames, n, num_particles, "oscillators (axis 1")
     return (feat,), _edges_to_labels(edges, system, paths["edges"])
-
-
-def _check_finite(array: np.ndarray, path: str, chunk: int = 4096) -> None:
-    """Raises naming the file, the count and the first index of NaN/inf values."""
-    for start in range(0, array.shape[0], chunk):
-        bad = ~np.isfinite(array[start : start + chunk])
-        if bad.any():
-            first = np.argwhere(bad)[0]
-            first[0] += start
-            total = int(bad.sum()) + sum(
-                int((~np.isfinite(array[s : s + chunk])).sum())
-                for s in range(start + chunk, array.shape[0], chunk)
-            )
-            raise ValueError(
-                f"{path}: {total} non-finite values (NaN/inf), "
-                f"first at index {tuple(int(i) for i in first)}"
-            )
 
 
 def _edges_to_labels(edges: np.ndarray, system: str, path: str) -> np.ndarray:
@@ -817,8 +643,8 @@ def load_dataset(
         different from ``num_particles``, NaN/inf, relation values outside the system's
         set (the message names the file and the problem).
     """
-    _check_system(system)
-    splits = _check_splits(splits)
+    check_system(system)
+    splits = check_splits(splits)
     if normalization is None and "train" not in splits:
         raise ValueError(
             "the normalisation comes from the train split: load 'train' or pass normalization="
@@ -852,182 +678,6 @@ def load_dataset(
         name=f"{system}{num_particles}",
         relations=system_relations(system),
     )
-
-
-# Kipf's layout: {kind}_{split}_{system}{n}.npy (ours, the released files, the reference
-# NRI generator's output).
-_KIPF_FILE = re.compile(r"^(loc|vel|feat|edges)_(train|valid|test)_([A-Za-z_]+?)(\d+)\.npy$")
-
-
-def folder_datasets(data_dir: str) -> dict[tuple[str, int], dict]:
-    """The Kipf-layout datasets a folder holds, whoever wrote them.
-
-    Args:
-      data_dir: any directory (missing: empty result).
-
-    Returns:
-      ``{(system, n): {"splits": {split: sims or None}, "kinds": {split: kinds},
-      "ours": bool}}``: ``sims`` is the ``loc`` file's first axis (None when it is
-      missing or unreadable); ``ours`` means ``meta_{system}{n}.json`` is present and
-      readable, i.e. :func:`generate_dataset` wrote the files.
-    """
-    if not os.path.isdir(data_dir):
-        return {}
-    found: dict[tuple[str, int], dict] = {}
-    for name in sorted(os.listdir(data_dir)):
-        match = _KIPF_FILE.match(name)
-        if match is None:
-            continue
-        kind, split, system, n = match.groups()
-        entry = found.setdefault((system, int(n)), {"splits": {}, "kinds": {}})
-        entry["kinds"].setdefault(split, []).append(kind)
-        if kind in ("loc", "feat"):  # the states: their first axis counts simulations
-            try:
-                shape = np.load(os.path.join(data_dir, name), mmap_mode="r").shape
-                entry["splits"][split] = int(shape[0]) if shape else None
-            except (EOFError, OSError, ValueError):
-                entry["splits"][split] = None
-        else:
-            entry["splits"].setdefault(split, None)
-    for (system, n), entry in found.items():
-        meta_path = os.path.join(data_dir, meta_file_name(system, n))
-        entry["ours"] = os.path.exists(meta_path) and _read_meta(meta_path) is not None
-    return found
-
-
-def describe_datasets(datasets_found: Mapping[tuple[str, int], dict]) -> str:
-    """One line per dataset of :func:`folder_datasets`, e.g.
-    ``springs10 (train 50000, valid 10000 simulations; no meta file: not written by us)``."""
-    parts = []
-    for (system, n), entry in sorted(datasets_found.items()):
-        splits = ", ".join(
-            f"{split} {'?' if sims is None else sims}"
-            for split, sims in sorted(entry["splits"].items(), key=lambda kv: SPLITS.index(kv[0]))
-        )
-        origin = "ours" if entry["ours"] else f"no {meta_file_name(system, n)}: not written by us"
-        parts.append(f"{system}{n} ({splits} simulations; {origin})")
-    return "; ".join(parts)
-
-
-def fingerprint(
-    data_dir: str, system: str, num_particles: int, split: str = "train", sample_rows: int = 16
-) -> dict:
-    """What identifies a split's data wherever its folder is: file names, shapes, a hash.
-
-    The hash (SHA-256) covers ``sample_rows`` rows at fixed, evenly spaced indices of each
-    of the split's ``loc`` / ``vel`` / ``edges`` files (memory-mapped: cheap at any size),
-    so another seed, size, system or particle count changes it, and moving or copying the
-    folder does not.
-
-    Returns:
-      ``{"files": {name: shape}, "sample_rows": [...], "sha256": hex}``.
-    """
-    return fingerprint_files(data_dir, split_file_names(split, system, num_particles), sample_rows)
-
-
-def fingerprint_files(data_dir: str, names: Sequence[str], sample_rows: int = 16) -> dict:
-    """:func:`fingerprint` of the files ``names`` (the first one's rows are sampled)."""
-    files, digest = {}, hashlib.sha256()
-    rows = None
-    for name in names:
-        array = _load_array(os.path.join(data_dir, name), mmap=True)
-        files[name] = list(array.shape)
-        if rows is None:
-            count = min(sample_rows, array.shape[0])
-            rows = np.unique(np.linspace(0, array.shape[0] - 1, count).astype(np.int64))
-        digest.update(name.encode())
-        digest.update(np.ascontiguousarray(array[rows], np.float64).tobytes())
-    return {"files": files, "sample_rows": rows.tolist(), "sha256": digest.hexdigest()}
-
-
-def our_files(data_dir: str) -> set[str]:
-    """The names in ``data_dir`` that :func:`generate_dataset` wrote: each readable
-    ``meta_{system}{n}.json`` and the ``.npy`` files of its dataset (nine; Kuramoto six)."""
-    if not os.path.isdir(data_dir):
-        return set()
-    ours = set()
-    for name in os.listdir(data_dir):
-        match = re.fullmatch(r"meta_([A-Za-z_]+?)(\d+)\.json", name)
-        if match is None or _read_meta(os.path.join(data_dir, name)) is None:
-            continue
-        system, n = match.group(1), int(match.group(2))
-        ours.add(name)
-        names = _KINDS.get(system, _KINDS["springs"])
-        ours.update(file_name(k, sp, system, n) for sp in SPLITS for k in names)
-    return ours
-
-
-def foreign_files(data_dir: str) -> list[str]:
-    """What ``data_dir`` holds that we did not write (files and folders), sorted."""
-    if not os.path.isdir(data_dir):
-        return []
-    ours = our_files(data_dir)
-    return sorted(name for name in os.listdir(data_dir) if name not in ours)
-
-
-def _listing(names: Sequence[str], limit: int = 8) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def check_writable(data_dir: str) -> None:
-    """Raises unless every entry of ``data_dir`` was written by us (or it is empty/missing).
-
-    A folder holding anything without our ``meta_{system}{n}.json`` naming it (Kipf's
-    released files, the reference generator's output, a user's own ``loc_train_mydata.npy``,
-    a notes file) is never written into.
-
-    Raises:
-      ValueError: naming the folder and what it holds.
-      NotADirectoryError: ``data_dir`` is a file, or a link to nothing (a dangling or
-        looping symlink).
-    """
-    if os.path.lexists(data_dir) and not os.path.isdir(data_dir):
-        what = "a symlink to nothing" if os.path.islink(data_dir) else "not a directory"
-        raise NotADirectoryError(f"data_dir {data_dir!r} is {what}: cannot write a dataset there")
-    foreign = foreign_files(data_dir)
-    if foreign:
-        held = {k: e for k, e in folder_datasets(data_dir).items() if not e["ours"]}
-        datasets_held = f" ({describe_datasets(held)})" if held else ""
-        raise ValueError(
-            f"{data_dir} holds files we did not write: {_listing(foreign)}{datasets_held}; "
-            "refusing to write a dataset into it: generate into another (new or empty) folder "
-            "(--data_dir / --out_dir)"
-        )
-
-
-def check_files_match_meta(data_dir: str, meta: dict) -> None:
-    """Raises unless our dataset's files are still the ones we wrote (sizes; fingerprints
-    when the meta holds them: a file copied over ours is another dataset).
-
-    Raises:
-      ValueError: naming the split, what the meta says and what the files hold.
-    """
-    system, n = meta["system"], meta["num_particles"]
-    for split in SPLITS:
-        path = os.path.join(data_dir, split_file_names(split, system, n)[0])
-        sims = np.load(path, mmap_mode="r", allow_pickle=False).shape[0]
-        if sims != meta["num_sims"][split]:
-            raise ValueError(
-                f"{path} has {sims} simulations but {meta_file_name(system, n)} says we wrote "
-                f"{meta['num_sims'][split]}: the files changed since they were generated; "
-                "restore them, or pass --regenerate_data to replace them"
-            )
-        saved = meta.get("fingerprints", {}).get(split)
-        if saved is not None and saved != fingerprint(data_dir, system, n, split):
-            raise ValueError(
-                f"the {split} files of {system}{n} in {data_dir} differ from the ones we "
-                f"generated (sample hash {saved['sha256'][:12]} when written): they were "
-                "replaced; use them from a folder of their own, or pass --regenerate_data"
-            )
-
-
-def _read_meta(path: str) -> dict | None:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def ensure_dataset(
@@ -1071,7 +721,7 @@ def ensure_dataset(
     Returns:
       The :class:`Dataset` of all three splits.
     """
-    _check_system(system)
+    check_system(system)
     chunk_size = generate_kwargs.pop("chunk_size", 4096)
     wanted = generation_meta(
         system, num_train, num_valid, num_test, seed, num_particles, **generate_kwargs
@@ -1079,7 +729,7 @@ def ensure_dataset(
     names = dataset_file_names(system, num_particles)
     have_all = all(os.path.exists(os.path.join(data_dir, f)) for f in names)
     meta_path = os.path.join(data_dir, meta_file_name(system, num_particles))
-    meta = _read_meta(meta_path) if os.path.exists(meta_path) else None
+    meta = read_meta(meta_path) if os.path.exists(meta_path) else None
     asked = (system, num_particles)
     foreign = {k: e for k, e in folder_datasets(data_dir).items() if not e["ours"]}
     generate = False
@@ -1100,7 +750,7 @@ def ensure_dataset(
             if not regenerate:
                 raise ValueError(
                     f"{data_dir} holds our {system}{num_particles} dataset but lacks "
-                    f"{_listing(missing)}: pass --regenerate_data to write it again, or restore "
+                    f"{listing(missing)}: pass --regenerate_data to write it again, or restore "
                     "the files"
                 )
             generate = True

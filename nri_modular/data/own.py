@@ -28,7 +28,7 @@ States in memory are float32 ``[sims, frames, n, S]``:
   every position channel, one for every velocity channel (isotropic).
 * features: ``S = F``, each feature normalised with its own training min/max.
 
-We never write into such a folder (:func:`nri_modular.data.datasets.check_writable`).
+We never write into such a folder (:func:`nri_modular.data.files.check_writable`).
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ import numpy as np
 
 from nri_modular import graph
 from nri_modular.data import datasets
+from nri_modular.data import files as disk
+from nri_modular.data.normalization import Normalization
 
 SPLITS = datasets.SPLITS
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -141,7 +143,7 @@ def _split_files(data_dir: str, name: str, split: str) -> SplitFiles:
     if has["vel"] and not has["loc"]:
         raise DataError(f"{path('vel')} has no {file_name('loc', split, name)} beside it")
     layout = "loc" if has["loc"] else "feat"
-    states = datasets._load_array(path(layout), mmap=True)
+    states = disk.load_array(path(layout), mmap=True)
     if states.ndim != 4:
         raise DataError(
             f"{path(layout)}: expected 4 axes "
@@ -158,13 +160,13 @@ def _split_files(data_dir: str, name: str, split: str) -> SplitFiles:
             "and >= 2 objects"
         )
     if has["vel"]:
-        vel = datasets._load_array(path("vel"), mmap=True)
+        vel = disk.load_array(path("vel"), mmap=True)
         if vel.shape != states.shape:
             raise DataError(
                 f"{path('vel')}: shape {vel.shape} differs from {path('loc')} {states.shape}"
             )
     if has["edges"]:
-        edges = datasets._load_array(path("edges"), mmap=True)
+        edges = disk.load_array(path("edges"), mmap=True)
         if edges.shape != (sims, n, n):
             raise DataError(
                 f"{path('edges')}: expected [sims, n, n] = {(sims, n, n)} to match "
@@ -206,7 +208,7 @@ def inspect(data_dir: str, name: str, splits: Sequence[str] = SPLITS) -> dict[st
 
 def _check_finite(array: np.ndarray, path: str) -> None:
     try:
-        datasets._check_finite(array, path)
+        disk.check_finite(array, path)
     except ValueError as e:
         raise DataError(str(e)) from None
 
@@ -234,13 +236,13 @@ def _states(data_dir: str, name: str, split: str, files: SplitFiles, rows: slice
     """One split's raw float64 states ``[sims, frames, n, S]`` (rows ``rows``)."""
     path = lambda kind: os.path.join(data_dir, file_name(kind, split, name))  # noqa: E731
     if files.layout == "feat":
-        feat = datasets._load_array(path("feat"), mmap=True)[rows]
+        feat = disk.load_array(path("feat"), mmap=True)[rows]
         _check_finite(feat, path("feat"))
         return np.swapaxes(np.asarray(feat, np.float64), 1, 2)
-    loc = np.asarray(datasets._load_array(path("loc"), mmap=True)[rows], np.float64)
+    loc = np.asarray(disk.load_array(path("loc"), mmap=True)[rows], np.float64)
     _check_finite(loc, path("loc"))
     if files.has_vel:
-        vel = np.asarray(datasets._load_array(path("vel"), mmap=True)[rows], np.float64)
+        vel = np.asarray(disk.load_array(path("vel"), mmap=True)[rows], np.float64)
         _check_finite(vel, path("vel"))
     elif files.frames < 2:
         raise DataError(f"{path('loc')}: velocities from positions need >= 2 frames")
@@ -249,10 +251,10 @@ def _states(data_dir: str, name: str, split: str, files: SplitFiles, rows: slice
     return np.swapaxes(np.concatenate([loc, vel], axis=2), 2, 3)  # [s, f, n, 2D]
 
 
-def _statistics(states: np.ndarray, layout: str) -> datasets.Normalization:
+def _statistics(states: np.ndarray, layout: str) -> Normalization:
     """The training normalisation (see the module docstring)."""
     if layout == "feat":
-        return datasets.Normalization.from_channels(states)
+        return Normalization.from_channels(states)
     d = states.shape[-1] // 2
     lo_hi = [(states[..., sl].min(), states[..., sl].max()) for sl in (slice(0, d), slice(d, None))]
     (loc_min, loc_max), (vel_min, vel_max) = lo_hi
@@ -261,14 +263,14 @@ def _statistics(states: np.ndarray, layout: str) -> datasets.Normalization:
             "the training positions or velocities are constant (every value "
             f"{loc_min if loc_max == loc_min else vel_min}): nothing moves"
         )
-    return datasets.Normalization.positions_velocities(loc_min, loc_max, vel_min, vel_max, d)
+    return Normalization.positions_velocities(loc_min, loc_max, vel_min, vel_max, d)
 
 
 def load(
     data_dir: str,
     name: str,
     splits: Sequence[str] = SPLITS,
-    normalization: datasets.Normalization | None = None,
+    normalization: Normalization | None = None,
     num_sims: Mapping[str, int] | None = None,
     num_relation_types: int | None = None,
     no_relation: int | None = None,
@@ -292,7 +294,7 @@ def load(
       float32 states ``[sims, frames, n, S]``, labels int32 ``[sims, n(n-1)]`` or None per
       split, and ``relations`` (None when no loaded split has labels).
     """
-    splits = datasets._check_splits(splits)
+    splits = disk.check_splits(splits)
     if normalization is None and "train" not in splits:
         raise ValueError(
             "the normalisation comes from the train split: load 'train' or pass normalization="
@@ -321,7 +323,7 @@ def load(
         labels = None
         if files.labelled:
             path = os.path.join(data_dir, file_name("edges", split, name))
-            edges = datasets._load_array(path, mmap=True)[rows]
+            edges = disk.load_array(path, mmap=True)[rows]
             labels = _labels(path, edges, num_relation_types)
         loaded[split] = datasets.Split(normalization.normalise(raw).astype(np.float32), labels)
     labelled = [s.labels for s in loaded.values() if s.labels is not None]
@@ -344,10 +346,10 @@ def load(
 
 
 def fingerprint(data_dir: str, name: str, split: str = "train") -> dict:
-    """:func:`nri_modular.data.datasets.fingerprint` of one's own split (every file it has)."""
+    """:func:`nri_modular.data.files.fingerprint` of one's own split (every file it has)."""
     names = [
         file_name(kind, split, name)
         for kind in ("loc", "feat", "vel", "edges")
         if os.path.exists(os.path.join(data_dir, file_name(kind, split, name)))
     ]
-    return datasets.fingerprint_files(data_dir, names)
+    return disk.fingerprint_files(data_dir, names)
