@@ -26,6 +26,7 @@ import optax
 from nri_modular import checkpoints, plots
 from nri_modular import graph as graph_lib
 from nri_modular import hidden_node as hn
+from nri_modular import hidden_node_search as hs
 from nri_modular.baselines import true_edges
 from nri_modular.data import Split, batching, ensure_dataset, physics
 from nri_modular.modules import ModuleBank, Params
@@ -272,7 +273,7 @@ def run_experiment(config: ExperimentConfig, workdir: str, log=print) -> dict:
     else:
         hidden = rng.integers(0, n, num)
     systems = hn.hide_particle(split.states[:num, :t], split.labels[:num], hidden)
-    infer_known = hn.make_infer_hidden(dynamics, scfg, edges_known=True)
+    infer_known = hs.make_infer_hidden(dynamics, scfg, edges_known=True)
     start = time.time()
     known = _batched(
         lambda o, s, e, k: infer_known(o, s, k, prior_mean, prior_std, e),
@@ -377,9 +378,9 @@ def existence_test(config, dynamics, data, prior_mean, prior_std, key, log=print
         num, m, t, data.normalization, seed=config.seed + 1000
     )
     scfg = hidden_search_config(config)
-    infer = hn.make_infer_hidden(dynamics, scfg, edges_known=False)
+    infer = hs.make_infer_hidden(dynamics, scfg, edges_known=False)
     if config.existence_baseline == "null_latent":
-        infer_null = hn.make_infer_hidden(dynamics, scfg, edges_known=True)
+        infer_null = hs.make_infer_hidden(dynamics, scfg, edges_known=True)
         null_edges = np.full((num, 2 * m), config.null_module, np.int32)
 
         def baseline(obs, struct, k):

@@ -13,6 +13,7 @@ from nri_modular import gnn
 from nri_modular import graph as graph_lib
 from nri_modular import hidden_node as hn
 from nri_modular import hidden_node_experiment as experiment
+from nri_modular import hidden_node_search as hs
 from nri_modular.data import Split
 from nri_modular.modules import ModuleBank
 
@@ -90,7 +91,7 @@ def _losses(systems, initial, cfg):
     obs = jnp.asarray(systems.observed)
     struct = jnp.asarray(systems.observed_structure)
     edges = jnp.broadcast_to(jnp.asarray(systems.hidden_edges)[:, None], (*initial.shape[:2], 4))
-    fn = jax.jit(lambda x, e: hn._sanitise(hn._population_loss(DYN, obs, struct, x, e, cfg)))
+    fn = jax.jit(lambda x, e: hs._sanitise(hs._population_loss(DYN, obs, struct, x, e, cfg)))
     return fn, edges
 
 
@@ -99,8 +100,8 @@ def test_gradient_steps_lower_the_loss(systems):
     truth = jnp.asarray(systems.hidden_states[:, 0])
     initial = truth[:, None] + 0.15 * jax.random.normal(jax.random.PRNGKey(2), (B, 2, 4))
     loss_fn, edges = _losses(systems, initial, cfg)
-    pop = hn.Population(initial, edges, loss_fn(initial, edges))
-    after = jax.jit(lambda p: hn._gradient_steps(loss_fn, p, lr=1e-2, steps=40))(pop)
+    pop = hs.Population(initial, edges, loss_fn(initial, edges))
+    after = jax.jit(lambda p: hs._gradient_steps(loss_fn, p, lr=1e-2, steps=40))(pop)
     assert np.all(np.asarray(after.loss) <= np.asarray(pop.loss))
     assert np.asarray(after.loss).mean() < 0.2 * np.asarray(pop.loss).mean()
     np.testing.assert_allclose(after.loss, loss_fn(after.initial, edges), rtol=1e-4)
@@ -110,12 +111,12 @@ def test_sampling_lowers_the_loss(systems):
     cfg = hn.HiddenSearchConfig(box=np.inf, samples_per_round=64, local_fraction=0.5)
     far = jnp.full((B, 1, 4), 2.0)  # a bad candidate
     loss_fn, edges = _losses(systems, far, cfg)
-    pop = hn.Population(far, edges, loss_fn(far, edges))
-    new_init, new_edges = hn._fresh_samples(
+    pop = hs.Population(far, edges, loss_fn(far, edges))
+    new_init, new_edges = hs._fresh_samples(
         jax.random.PRNGKey(3), pop, PRIOR_MEAN, PRIOR_STD, cfg, edges_known=True
     )
     chex.assert_shape(new_init, (B, 64, 4))
-    merged = hn._keep_best(
+    merged = hs._keep_best(
         jnp.concatenate([pop.initial, new_init], 1),
         jnp.concatenate([pop.edges, new_edges], 1),
         jnp.concatenate([pop.loss, loss_fn(new_init, new_edges)], 1),
@@ -135,7 +136,7 @@ def test_inference_recovers_the_hidden_initial_state(systems):
         grad_steps=40,
         num_particles=N,
     )
-    infer = hn.make_infer_hidden(DYN, cfg, edges_known=True)
+    infer = hs.make_infer_hidden(DYN, cfg, edges_known=True)
     res = infer(
         jnp.asarray(systems.observed),
         jnp.asarray(systems.observed_structure),
@@ -155,8 +156,8 @@ def test_edge_annealing_lowers_the_loss(systems):
     truth = jnp.asarray(systems.hidden_states[:, 0])[:, None]
     loss_fn, _ = _losses(systems, truth, cfg)
     wrong = jnp.zeros((B, 1, 4), jnp.int32)  # no springs at all
-    pop = hn.Population(truth, wrong, loss_fn(truth, wrong))
-    after = jax.jit(lambda p: hn._anneal_edges(loss_fn, p, jax.random.PRNGKey(4), cfg))(pop)
+    pop = hs.Population(truth, wrong, loss_fn(truth, wrong))
+    after = jax.jit(lambda p: hs._anneal_edges(loss_fn, p, jax.random.PRNGKey(4), cfg))(pop)
     assert np.all(np.asarray(after.loss) < np.asarray(pop.loss))
     np.testing.assert_allclose(after.loss, loss_fn(truth, after.edges), rtol=1e-4)
 
@@ -174,19 +175,19 @@ def test_bad_inputs_fail_clearly(systems):
     key = jax.random.PRNGKey(0)
     cfg = hn.HiddenSearchConfig(num_particles=N)
     with pytest.raises(ValueError, match=r"observed must be \[B, T, m, 4\]"):
-        hn.infer_hidden(DYN, obs[..., :3], struct, key, PRIOR_MEAN, PRIOR_STD, cfg)
+        hs.infer_hidden(DYN, obs[..., :3], struct, key, PRIOR_MEAN, PRIOR_STD, cfg)
     with pytest.raises(ValueError, match="observed_structure must be"):
-        hn.infer_hidden(DYN, obs, struct[:, :1], key, PRIOR_MEAN, PRIOR_STD, cfg)
+        hs.infer_hidden(DYN, obs, struct[:, :1], key, PRIOR_MEAN, PRIOR_STD, cfg)
     with pytest.raises(ValueError, match="model is for 5 particles"):
-        hn.infer_hidden(
+        hs.infer_hidden(
             DYN, obs, struct, key, PRIOR_MEAN, PRIOR_STD, hn.HiddenSearchConfig(num_particles=5)
         )
     with pytest.raises(ValueError, match="NaN"):
-        hn.infer_hidden(DYN, obs.at[0, 0, 0, 0].set(jnp.nan), struct, key, PRIOR_MEAN, PRIOR_STD)
+        hs.infer_hidden(DYN, obs.at[0, 0, 0, 0].set(jnp.nan), struct, key, PRIOR_MEAN, PRIOR_STD)
     with pytest.raises(ValueError, match="hidden_edges must be"):
-        hn.infer_hidden(DYN, obs, struct, key, PRIOR_MEAN, PRIOR_STD, cfg, struct)
+        hs.infer_hidden(DYN, obs, struct, key, PRIOR_MEAN, PRIOR_STD, cfg, struct)
     with pytest.raises(ValueError, match="prior"):
-        hn.infer_hidden(DYN, obs, struct, key, PRIOR_MEAN, -PRIOR_STD, cfg)
+        hs.infer_hidden(DYN, obs, struct, key, PRIOR_MEAN, -PRIOR_STD, cfg)
     with pytest.raises(ValueError, match="hidden must be"):
         hn.hide_particle(np.zeros((2, 4, 3, 4)), np.zeros((2, 6), np.int32), np.array([0, 3]))
     with pytest.raises(ValueError, match="windows"):
