@@ -84,6 +84,39 @@ def _git(*args: str) -> str:
     ).stdout.strip()
 
 
+def run_seed(seed, record, train, workdir, commit, flagfile, load) -> bool:
+    """Runs one seed's training (resuming its checkpoint) and records it; False when the
+    run stopped before it finished (preempted: a checkpoint, exit code 0), so there is
+    nothing to record yet."""
+    print(f"seed {seed}: {' '.join(train)}", flush=True)
+    start = time.time()
+    subprocess.run(train, cwd=REPO, check=True)
+    wall = time.time() - start
+    if not os.path.exists(os.path.join(REPO, workdir, "results.json")):
+        print(
+            f"seed {seed}: stopped before it finished (checkpoint in {workdir}); rerun this "
+            "command to resume it",
+            flush=True,
+        )
+        return False
+    subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "experiments", "record_run.py"),
+            f"--workdir={workdir}",
+            f"--flagfile_used={flagfile}",
+            f"--extra_flags=--seed={seed},--workdir={workdir}",
+            f"--commit={commit}",
+            f"--load={load}",
+            f"--out={record}",
+        ],
+        cwd=REPO,
+        check=True,
+    )
+    print(f"seed {seed}: {wall / 60:.1f} min; recorded in {record}", flush=True)
+    return True
+
+
 def main(argv):
     del argv
     flagfile = _FLAGFILE.value
@@ -103,25 +136,8 @@ def main(argv):
         )
     commit = _git("rev-parse", "--short=7", "HEAD") if todo else ""
     for seed, record, train, workdir in todo:
-        print(f"seed {seed}: {' '.join(train)}", flush=True)
-        start = time.time()
-        subprocess.run(train, cwd=REPO, check=True)
-        wall = time.time() - start
-        subprocess.run(
-            [
-                sys.executable,
-                os.path.join(REPO, "experiments", "record_run.py"),
-                f"--workdir={workdir}",
-                f"--flagfile_used={flagfile}",
-                f"--extra_flags=--seed={seed},--workdir={workdir}",
-                f"--commit={commit}",
-                f"--load={_LOAD.value}",
-                f"--out={record}",
-            ],
-            cwd=REPO,
-            check=True,
-        )
-        print(f"seed {seed}: {wall / 60:.1f} min; recorded in {record}", flush=True)
+        if not run_seed(seed, record, train, workdir, commit, flagfile, _LOAD.value):
+            return
     subprocess.run(
         [sys.executable, os.path.join(REPO, "experiments", "render_results.py")],
         cwd=REPO,

@@ -39,3 +39,23 @@ def test_default_objects_and_own_data_refused(tmp_path):
     own = os.path.join(REPO, "experiments", "flags", "own_demo.flags")
     with pytest.raises(ValueError, match="no --system"):
         run_cell.cell_of(run_cell.flagfile_values(own))
+
+
+def test_a_preempted_seed_is_not_recorded(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(args, **kwargs):  # training "preempted": exit 0, no results.json
+        calls.append(args)
+
+    monkeypatch.setattr(run_cell.subprocess, "run", fake_run)
+    record = tmp_path / "seed0.json"
+    done = run_cell.run_seed(
+        0, str(record), ["python", "train"], str(tmp_path / "w"), "abc1234", "f.flags", "idle"
+    )
+    assert done is False and calls == [["python", "train"]]  # record_run never called
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "results.json").write_text("{}")
+    assert run_cell.run_seed(
+        0, str(record), ["python", "train"], str(tmp_path / "w"), "abc1234", "f.flags", "idle"
+    )
+    assert calls[-1][1].endswith("record_run.py") and f"--out={record}" in calls[-1]
