@@ -239,11 +239,23 @@ def read_summaries(results_dir: str) -> list[RunSummary]:
 def format_mean_std(values, scale: float = 100.0, decimals: int = 2) -> str:
     """``mean ± std`` of ``values * scale`` (std with ddof=1; "—" for one value).
 
+    A mean that rounds to the scale without being it gets one more decimal each time (one
+    wrong edge in 20,000 is 99.995, never "100.00").
+
     >>> format_mean_std([0.9, 0.8])
     '85.00 ± 7.07'
+    >>> format_mean_std([0.99995])
+    '99.995 ± —'
     """
     scaled = [v * scale for v in values]
-    mean = f"{statistics.fmean(scaled):.{decimals}f}"
+    mean_value = statistics.fmean(scaled)
+    while (
+        decimals < 6
+        and mean_value != scale
+        and f"{mean_value:.{decimals}f}" == f"{scale:.{decimals}f}"
+    ):
+        decimals += 1
+    mean = f"{mean_value:.{decimals}f}"
     std = f"{statistics.stdev(scaled):.{decimals}f}" if len(scaled) > 1 else "—"
     return f"{mean} ± {std}"
 
