@@ -292,7 +292,9 @@ def run_arm(
 
     def point(final: bool) -> dict:
         structures = distributed.to_host(state.structures)
-        mapping = nm.module_mapping(structures, labels_np, config.num_modules, num_types=2)
+        mapping = nm.module_mapping(
+            structures, labels_np, config.num_modules, data.relations.num_types
+        )
         count = valid.num_tasks if final else min(curve_valid, valid.num_tasks)
         params = jax.device_get(state.params)  # host copy: scoring runs on one device
         scores = score_valid(

@@ -65,9 +65,7 @@ import numpy as np
 
 from nri_modular import gnn
 from nri_modular import graph as graph_lib
-from nri_modular.modules import ModuleBank, Params
-
-STATE_DIM = 4
+from nri_modular.modules import STATE_DIM, ModuleBank, Params
 
 # Signature: (states [G, n, 4], structure int32 [G, n(n-1)]) -> next states [G, n, 4]
 DynamicsFn = Callable[[jax.Array, jax.Array], jax.Array]
