@@ -53,8 +53,14 @@ def format_train_progress(record: dict, total_steps: int) -> str:
 
 
 def _percent(value: float | None) -> str:
-    """``12.34%``, or ``n/a (no labels)`` for data without relation labels."""
-    return "n/a (no labels)" if value is None else f"{100 * value:.2f}%"
+    """``12.34%`` (``99.995%``, never ``100.00%``, for one wrong edge in 20,000), or
+    ``n/a (no labels)`` for data without relation labels."""
+    if value is None:
+        return "n/a (no labels)"
+    decimals = 2
+    while decimals < 6 and value != 1 and f"{100 * value:.{decimals}f}" == f"{100:.{decimals}f}":
+        decimals += 1
+    return f"{100 * value:.{decimals}f}%"
 
 
 def _minutes(seconds: float) -> str:
