@@ -36,12 +36,16 @@ SAMPLE_EVERY = 100
 FRAMES = {"train": 49, "valid": 49, "test": 99}
 SPLIT_IDS = {"train": 0, "valid": 1, "test": 2}
 
-_OUT_DIR = flags.DEFINE_string("out_dir", "data/particles3d", "Folder of the dataset.")
-_NUM = flags.DEFINE_list("num_sims", ["2000", "200", "200"], "train,valid,test simulations.")
-_N = flags.DEFINE_integer("num_particles", 5, "Particles per system.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the data.")
-_SCORE = flags.DEFINE_bool("score", False, "Infer with --workdir's run and score the graphs.")
-_WORKDIR = flags.DEFINE_string("workdir", "runs/particles3d", "The trained run (with --score).")
+
+def _define_flags() -> None:
+    """The command's flags (defined only when run: tests import this module's functions
+    beside other scripts' flags)."""
+    flags.DEFINE_string("out_dir", "data/particles3d", "Folder of the dataset.")
+    flags.DEFINE_list("num_sims", ["2000", "200", "200"], "train,valid,test simulations.")
+    flags.DEFINE_integer("num_particles", 5, "Particles per system.")
+    flags.DEFINE_integer("seed", 0, "Seed of the data.")
+    flags.DEFINE_bool("score", False, "Infer with --workdir's run and score the graphs.")
+    flags.DEFINE_string("workdir", "runs/particles3d", "The trained run (with --score).")
 
 
 def couplings(rng: np.random.Generator, sims: int, n: int) -> np.ndarray:
@@ -118,17 +122,18 @@ def score(workdir: str, data_dir: str) -> dict:
 
 def main(argv):
     del argv
-    if _SCORE.value:
-        scores = score(_WORKDIR.value, _OUT_DIR.value)
-        path = os.path.join(_WORKDIR.value, "score_against_rules.json")
+    if flags.FLAGS.score:
+        scores = score(flags.FLAGS.workdir, flags.FLAGS.out_dir)
+        path = os.path.join(flags.FLAGS.workdir, "score_against_rules.json")
         with open(path, "w", encoding="utf-8") as f:
             json.dump(scores, f, indent=1)
         print(json.dumps(scores, indent=1))
         print(f"written to {path}")
         return
-    num = dict(zip(("train", "valid", "test"), (int(v) for v in _NUM.value), strict=True))
-    write(_OUT_DIR.value, num, _N.value, _SEED.value)
+    num = dict(zip(("train", "valid", "test"), (int(v) for v in flags.FLAGS.num_sims), strict=True))
+    write(flags.FLAGS.out_dir, num, flags.FLAGS.num_particles, flags.FLAGS.seed)
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

@@ -27,13 +27,17 @@ from absl import flags
 from nri_modular import cli, experiment
 from nri_modular import config as config_lib
 
-_KS = flags.DEFINE_list("ks", ["1", "2", "3", "4"], "Numbers of modules K to fit.")
-_VALID_HORIZON = flags.DEFINE_integer(
-    "valid_horizon", 10, "Valid frames held out and predicted (the choice's loss)."
-)
-_TOLERANCE = flags.DEFINE_float(
-    "tolerance", 0.05, "Pick the smallest K within this relative loss of the best."
-)
+
+def _define_flags() -> None:
+    """The command's flags (defined only when run: tests import this module's functions
+    beside other scripts' flags)."""
+    flags.DEFINE_list("ks", ["1", "2", "3", "4"], "Numbers of modules K to fit.")
+    flags.DEFINE_integer(
+        "valid_horizon", 10, "Valid frames held out and predicted (the choice's loss)."
+    )
+    flags.DEFINE_float(
+        "tolerance", 0.05, "Pick the smallest K within this relative loss of the best."
+    )
 
 
 def pick(curve: list[dict], tolerance: float) -> int:
@@ -71,9 +75,9 @@ def main(argv):
     base = experiment.own_data_config(base, flags.FLAGS)
     workdir = flags.FLAGS.workdir or f"runs/choose_k_{base.dataset}"
     os.makedirs(workdir, exist_ok=True)
-    ks = sorted({int(k) for k in _KS.value})
+    ks = sorted({int(k) for k in flags.FLAGS.ks})
     valid_frames = own.inspect(base.data_dir, base.dataset)["valid"].frames
-    horizon = _VALID_HORIZON.value
+    horizon = flags.FLAGS.valid_horizon
     obs = valid_frames - horizon - 1
     if horizon < 1 or obs < 2:
         raise ValueError(
@@ -112,13 +116,13 @@ def main(argv):
         }
         curve.append(row)
         print(f"K={k}: valid loss {row['valid_loss']:.4e} ({train_seconds / 60:.1f} min)")
-    chosen = pick(curve, _TOLERANCE.value)
+    chosen = pick(curve, flags.FLAGS.tolerance)
     summary = {
         "dataset": base.dataset,
         "data_dir": os.path.abspath(base.data_dir),
         "valid_obs_frames": obs,
         "valid_horizon": horizon,
-        "tolerance": _TOLERANCE.value,
+        "tolerance": flags.FLAGS.tolerance,
         "curve": curve,
         "chosen_K": chosen,
     }
@@ -133,4 +137,5 @@ def main(argv):
 
 if __name__ == "__main__":
     config_lib.define_flags(flags, system_default="")
+    _define_flags()
     cli.run_main(main)

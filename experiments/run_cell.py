@@ -25,15 +25,17 @@ from absl import flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-_FLAGFILE = flags.DEFINE_string("flagfile_used", None, "The cell's flagfile.", required=True)
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds to run.")
-_RUN = flags.DEFINE_string("run", None, "The run's name in the records (default: flagfile stem).")
-_RUNS_DIR = flags.DEFINE_string("runs_dir", "runs", "Where the workdirs go.")
-_RESULTS_DIR = flags.DEFINE_string(
-    "results_dir", os.path.join(REPO, "docs", "results"), "The records' root."
-)
-_LOAD = flags.DEFINE_string("load", "idle", "The machine's load while the runs ran.")
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the commands, run nothing.")
+
+def _define_flags() -> None:
+    """The command's flags (defined only when run: tests import this module's functions
+    beside other scripts' flags)."""
+    flags.DEFINE_string("flagfile_used", None, "The cell's flagfile.", required=True)
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds to run.")
+    flags.DEFINE_string("run", None, "The run's name in the records (default: flagfile stem).")
+    flags.DEFINE_string("runs_dir", "runs", "Where the workdirs go.")
+    flags.DEFINE_string("results_dir", os.path.join(REPO, "docs", "results"), "The records' root.")
+    flags.DEFINE_string("load", "idle", "The machine's load while the runs ran.")
+    flags.DEFINE_bool("dry_run", False, "Print the commands, run nothing.")
 
 
 def flagfile_values(path: str) -> dict[str, str]:
@@ -119,13 +121,13 @@ def run_seed(seed, record, train, workdir, commit, flagfile, load) -> bool:
 
 def main(argv):
     del argv
-    flagfile = _FLAGFILE.value
-    run = _RUN.value or os.path.splitext(os.path.basename(flagfile))[0]
-    seeds = [int(s) for s in _SEEDS.value]
-    todo = commands(flagfile, seeds, run, _RUNS_DIR.value, _RESULTS_DIR.value)
+    flagfile = flags.FLAGS.flagfile_used
+    run = flags.FLAGS.run or os.path.splitext(os.path.basename(flagfile))[0]
+    seeds = [int(s) for s in flags.FLAGS.seeds]
+    todo = commands(flagfile, seeds, run, flags.FLAGS.runs_dir, flags.FLAGS.results_dir)
     done = sorted(set(seeds) - {seed for seed, *_ in todo})
     print(f"{run}: seeds {done} recorded already; to run: {[seed for seed, *_ in todo]}")
-    if _DRY_RUN.value:
+    if flags.FLAGS.dry_run:
         for _, record, train, _ in todo:
             print(" ".join(train), "->", record)
         return
@@ -136,7 +138,7 @@ def main(argv):
         )
     commit = _git("rev-parse", "--short=7", "HEAD") if todo else ""
     for seed, record, train, workdir in todo:
-        if not run_seed(seed, record, train, workdir, commit, flagfile, _LOAD.value):
+        if not run_seed(seed, record, train, workdir, commit, flagfile, flags.FLAGS.load):
             return
     subprocess.run(
         [sys.executable, os.path.join(REPO, "experiments", "render_results.py")],
@@ -147,5 +149,7 @@ def main(argv):
 
 if __name__ == "__main__":
     from nri_modular import cli
+
+    _define_flags()
 
     cli.run_main(main)

@@ -505,8 +505,9 @@ def save_model(directory: str, params, meta: dict, overwrite: bool = False) -> N
     The folder appears whole or not at all: everything is written to a temporary sibling
     folder, then renamed to ``directory`` (Orbax's own atomic commit covers only the
     ``params`` item, not the ``model.json`` beside it: the rename makes the pair appear
-    together, so a load never finds params without the settings they were trained with). An existing ``directory`` is an error unless
-    ``overwrite`` (then it is replaced by the complete new one, never left half-written).
+    together, so a load never finds params without the settings they were trained with).
+    An existing ``directory`` is an error unless ``overwrite`` (then it is replaced by the
+    complete new one, never left half-written).
     Single-process: for models a script trains and caches, not for sharded train states
     (those are checkpoints, :func:`checkpoint_manager`).
 

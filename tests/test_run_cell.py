@@ -59,3 +59,35 @@ def test_a_preempted_seed_is_not_recorded(tmp_path, monkeypatch):
         0, str(record), ["python", "train"], str(tmp_path / "w"), "abc1234", "f.flags", "idle"
     )
     assert calls[-1][1].endswith("record_run.py") and f"--out={record}" in calls[-1]
+
+
+def test_scripts_define_their_flags_only_when_run(subprocess_env):
+    """Tests import these scripts' functions beside every Config flag (one pytest worker):
+    importing them must define no flag (a DuplicateFlagError otherwise, as CI saw)."""
+    import subprocess
+
+    scripts = [
+        "examples/particles3d.py",
+        "experiments/choose_k.py",
+        "experiments/run_cell.py",
+        "experiments/export_pretrained.py",
+    ]
+    code = (
+        "import importlib.util, sys\n"
+        "from absl import flags\n"
+        "from nri_modular import config\n"
+        "config.define_flags(flags)\n"
+        "flags.DEFINE_string('load', 'x', 'as record_run.py')\n"
+        "for path in sys.argv[1:]:\n"
+        "    spec = importlib.util.spec_from_file_location('m' + str(hash(path)), path)\n"
+        "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *scripts],
+        env=subprocess_env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
