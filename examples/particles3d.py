@@ -1,8 +1,8 @@
 """A worked example of one's own data: 3-D particles that follow each other, unlabelled.
 
   python examples/particles3d.py --out_dir=data/particles3d            # 1. write the data
-  python experiments/train.py --data_dir=data/particles3d --dataset=particles3d \\
-      --flagfile=experiments/flags/own_demo.flags --workdir=runs/particles3d   # 2. train
+  python experiments/train.py --flagfile=experiments/flags/own_demo.flags \\
+      --data_dir=data/particles3d --dataset=particles3d --workdir=runs/particles3d  # 2. train
   python examples/particles3d.py --score --out_dir=data/particles3d \\
       --workdir=runs/particles3d                                          # 3. infer, check
 

@@ -1,7 +1,9 @@
 """How many modules? Fits K = 1..4 on one's own data and picks K on the valid prediction loss.
 
-  python experiments/choose_k.py --data_dir=DIR --dataset=NAME \\
-      --flagfile=experiments/flags/own_demo.flags --ks=1,2,3,4 --workdir=runs/choose_k
+  python experiments/choose_k.py --flagfile=experiments/flags/own_demo.flags \\
+      --data_dir=DIR --dataset=NAME --ks=1,2,3,4 --workdir=runs/choose_k
+
+(--flagfile first: the flags after it override its values.)
 
 For unlabelled data the number of relation types is the question itself. Each K is
 meta-trained with the flagfile's settings into <workdir>/K<k> (resumable; a finished K is

@@ -1,6 +1,8 @@
 """Meta-train modular NRI on one's own trajectories (or a simulated system) and meta-test it.
 
-  python experiments/train.py --data_dir=DIR --dataset=NAME [--flagfile=...]
+  python experiments/train.py [--flagfile=...] --data_dir=DIR --dataset=NAME
+
+(--flagfile first: the flags after it override its values, e.g. own_demo.flags' dataset.)
 
 DIR holds loc_{train,valid,test}_NAME.npy [sims, frames, D, n] (vel_... optional) or
 feat_{split}_NAME.npy [sims, n, frames, F], and optionally edges_{split}_NAME.npy [sims, n, n]
