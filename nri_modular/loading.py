@@ -51,12 +51,6 @@ def load_data(config: Config, train_rows: np.ndarray | None = None) -> datasets.
             train_rows=train_rows,
         )
     except (EOFError, OSError, ValueError) as e:
-        named = sorted(own.folder_names(config.data_dir))
-        if named and isinstance(e, ValueError) and "files we did not write" in str(e):
-            raise ValueError(
-                f"{e}. It holds datasets named {', '.join(named)}: to train on one, run "
-                f"experiments/train.py --data_dir={config.data_dir} --dataset=NAME"
-            ) from None
         if isinstance(e, FileNotFoundError) or config.data_dir in str(e):
             raise
         raise ValueError(

@@ -227,6 +227,23 @@ def listing(names: Sequence[str], limit: int = 8) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+# Any dataset's files, ours or one's own: {kind}_{split}_{name}.npy (nri_modular.data.own).
+ANY_FILE = re.compile(r"^(loc|vel|feat|edges)_(train|valid|test)_(.+)\.npy$")
+
+
+def folder_names(data_dir: str) -> dict[str, dict[str, list[str]]]:
+    """The datasets a folder holds by name: ``{name: {split: [kinds]}}``."""
+    found: dict[str, dict[str, list[str]]] = {}
+    if not os.path.isdir(data_dir):
+        return found
+    for entry in sorted(os.listdir(data_dir)):
+        match = ANY_FILE.match(entry)
+        if match:
+            kind, split, name = match.groups()
+            found.setdefault(name, {}).setdefault(split, []).append(kind)
+    return found
+
+
 def check_writable(data_dir: str) -> None:
     """Raises unless every entry of ``data_dir`` was written by us (or it is empty/missing).
 
@@ -246,10 +263,17 @@ def check_writable(data_dir: str) -> None:
     if foreign:
         held = {k: e for k, e in folder_datasets(data_dir).items() if not e["ours"]}
         datasets_held = f" ({describe_datasets(held)})" if held else ""
+        named = sorted(folder_names(data_dir))
+        hint = (
+            f". It holds datasets named {', '.join(named)}: to train on one, run "
+            f"experiments/train.py --data_dir={data_dir} --dataset=NAME"
+            if named
+            else ""
+        )
         raise ValueError(
             f"{data_dir} holds files we did not write: {listing(foreign)}{datasets_held}; "
             "refusing to write a dataset into it: generate into another (new or empty) folder "
-            "(--data_dir / --out_dir)"
+            f"(--data_dir / --out_dir){hint}"
         )
 
 

@@ -47,7 +47,6 @@ from nri_modular.data.normalization import Normalization
 
 SPLITS = datasets.SPLITS
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_ANY_FILE = re.compile(r"^(loc|vel|feat|edges)_(train|valid|test)_(.+)\.npy$")
 EXPECTED = (
     "loc_{split}_NAME.npy [sims, frames, D, n] (+ optional vel_{split}_NAME.npy of the same "
     "shape), or feat_{split}_NAME.npy [sims, n, frames, F]; optional edges_{split}_NAME.npy "
@@ -97,29 +96,16 @@ def check_name(name: str) -> None:
         )
 
 
-def folder_names(data_dir: str) -> dict[str, dict[str, list[str]]]:
-    """The datasets a folder holds by name: ``{name: {split: [kinds]}}``."""
-    found: dict[str, dict[str, list[str]]] = {}
-    if not os.path.isdir(data_dir):
-        return found
-    for entry in sorted(os.listdir(data_dir)):
-        match = _ANY_FILE.match(entry)
-        if match:
-            kind, split, name = match.groups()
-            found.setdefault(name, {}).setdefault(split, []).append(kind)
-    return found
-
-
 def describe_folder(data_dir: str) -> str:
     """One line: the named datasets of a folder and how many other entries it holds."""
     if not os.path.isdir(data_dir):
         return f"{data_dir} does not exist"
-    named = folder_names(data_dir)
+    named = disk.folder_names(data_dir)
     parts = []
     for name, splits in sorted(named.items()):
         held = ", ".join(f"{split}: {'+'.join(kinds)}" for split, kinds in sorted(splits.items()))
         parts.append(f"{name} ({held})")
-    others = [e for e in os.listdir(data_dir) if not _ANY_FILE.match(e)]
+    others = [e for e in os.listdir(data_dir) if not disk.ANY_FILE.match(e)]
     if others:
         parts.append(f"{len(others)} other entries ({', '.join(sorted(others)[:5])})")
     return "; ".join(parts) if parts else "nothing"
