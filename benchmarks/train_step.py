@@ -8,8 +8,11 @@ p-step rollout loss), of the gradient pass, and of the whole ``bouncegrad_step``
 uniform SA proposal per task + one Adam step, stale energies as in the paper's code, and
 with refreshed energies), each with achieved GFLOP/s (counting only the FLOPs of the module
 each edge uses; backward = 2x forward) against the fp32 matmul peak measured in the same
-run. Also the jraph GraphsTuple path vs the batched layout, and blocked vs all-module edge
-dispatch. Times are medians after ``block_until_ready``, compilation excluded.
+run. Also, side by side: the library's jraph ``GraphsTuple`` message passing against the
+dense per-task layout it replaced (messages summed by a reshape, kept here as a reference),
+at one fixed size and for systems of 3-10 objects in one batch (padded super-graph within a
+bucketed budget vs every task padded to 10); and blocked vs all-module edge dispatch. Times
+are medians after ``block_until_ready``, compilation excluded.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from absl import app, flags
 
@@ -41,6 +45,44 @@ SIZES = {
 # (it is not in this repository).
 PAPER_PYTORCH_TASKS_PER_S = 41.0
 N, T, P = 5, 49, 10
+RAGGED = (3, 10)  # objects per system in the ragged comparison
+
+
+def dense_rollout_loss(bank, params, states, structure, p):
+    """The pre-jraph layout (reference): ``[G, n, d]`` states, messages summed by a reshape.
+
+    Same function as ``gnn.rollout_loss`` without sizes (tests/test_gnn.py checks the
+    library against the same kind of dense reference).
+    """
+    b, t, n, d = states.shape
+    receivers, senders = graph.edge_index(n)
+    starts = np.asarray(gnn.chunk_starts(t, p))
+    c = len(starts)
+    layout = gnn.task_layout(jnp.repeat(structure, c, axis=0), bank.num_modules)
+
+    def step(s, _):
+        x = jnp.concatenate([s[:, senders], s[:, receivers]], axis=-1).reshape(-1, 2 * d)
+        msgs = gnn.edge_messages(bank, params["edge"], x, layout, "blocked")
+        agg = msgs.reshape(b * c, n, n - 1, -1).sum(axis=2)
+        s = s + bank.apply_node(params["node"], jnp.concatenate([s, agg], axis=-1))
+        return s, s
+
+    _, preds = jax.lax.scan(step, states[:, starts].reshape(b * c, n, d), None, length=p)
+    preds = jnp.swapaxes(preds, 0, 1).reshape(b, c, p, n, d)
+    frames = starts[:, None] + np.arange(1, p + 1)[None, :]
+    mask = jnp.asarray(frames < t, states.dtype)
+    per_step = jnp.square(preds - states[:, np.minimum(frames, t - 1)]).mean(axis=(-1, -2))
+    return (per_step * mask[None]).sum(axis=(1, 2)) / mask.sum()
+
+
+def ragged_batch(batch, low, high):
+    """Random systems of ``low..high`` objects padded to ``high``, with their sizes."""
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(low, high + 1, size=batch)
+    states = 0.5 * rng.standard_normal((batch, T, high, 4)).astype(np.float32)
+    states *= (np.arange(high)[None, :] < sizes[:, None])[:, None, :, None]
+    structure = rng.integers(0, 2, size=(batch, high * (high - 1))).astype(np.int32)
+    return jnp.asarray(states), jnp.asarray(structure), graph.Sizes.of(sizes)
 
 
 def timeit(fn, *args, repeats):
@@ -88,19 +130,34 @@ def bench_size(name, repeats, peak, compare_layouts):
         3 * fwd_flops,
     )
     if compare_layouts:
-        g = graph.tasks_to_graphs(states[:, 0], labels)
-        jr = jax.jit(lambda p, g: gnn.graph_step(bank, p, g))
-        bt = jax.jit(lambda p, s, st: gnn.rollout(bank, p, s, st, 1))
-        step_flops = fwd_flops // (len(gnn.chunk_starts(T, P)) * P)
+        for label, fn in (
+            ("GraphsTuple (library)", lambda p, s, st: gnn.rollout_loss(bank, p, s, st, P)),
+            ("dense layout (reference)", lambda p, s, st: dense_rollout_loss(bank, p, s, st, P)),
+        ):
+            fwd = jax.jit(fn)
+            bwd = jax.jit(jax.grad(lambda p, s, st, fn=fn: fn(p, s, st).mean()))
+            row(f"energy, {label}", timeit(fwd, params, states, labels, repeats=repeats), fwd_flops)
+            row(
+                f"gradient, {label}",
+                timeit(bwd, params, states, labels, repeats=repeats),
+                3 * fwd_flops,
+            )
+        rs, rst, sizes = ragged_batch(batch, *RAGGED)
+        real = sum(gnn.rollout_flops(bank, 1, T, int(n), P) for n in np.asarray(sizes.counts))
+        ragged = jax.jit(
+            jax.grad(lambda p, s, st, z: gnn.rollout_loss(bank, p, s, st, P, sizes=z).mean())
+        )
+        padded = jax.jit(jax.grad(lambda p, s, st: dense_rollout_loss(bank, p, s, st, P).mean()))
+        span = f"{RAGGED[0]}-{RAGGED[1]} objects"
         row(
-            "one message step, jraph GraphsTuple",
-            timeit(jr, params, g, repeats=repeats),
-            step_flops,
+            f"gradient, {span}, graphs (budget {tuple(sizes.budget)})",
+            timeit(ragged, params, rs, rst, sizes, repeats=repeats),
+            3 * real,
         )
         row(
-            "one message step, batched layout",
-            timeit(bt, params, states[:, 0], labels, repeats=repeats),
-            step_flops,
+            f"gradient, {span}, dense padded to {RAGGED[1]}",
+            timeit(padded, params, rs, rst, repeats=repeats),
+            3 * real,
         )
 
     optimizer = optax.adam(5e-4)

@@ -1,12 +1,13 @@
 """Message passing with a structure-selected edge module per edge, rollouts, and the loss.
 
-Two layouts compute the same function:
-
-* the batched task layout (fast path): ``states [G, n, 4]`` of ``G`` complete graphs of
-  ``n`` nodes, ``structure [G, n(n-1)]``; messages are summed into receivers by a reshape
-  (edges are receiver-major, see :mod:`nri_modular.graph`);
-* the jraph layout (:func:`graph_step`): a ``GraphsTuple`` super-graph whose ``edges`` are
-  the module indices, messages summed with ``segment_sum``; it takes any graphs.
+Message passing runs on jraph ``GraphsTuple`` super-graphs (:func:`graph_step`): a batch of
+task graphs is one graph whose ``edges`` are module indices, messages are computed per
+edge and summed into receivers with ``segment_sum``. Tasks come in padded per-task arrays
+(``states [G, n, d]``, ``structure [G, n(n-1)]``) and, when the systems have different
+numbers of objects, ``sizes [G]`` and a static :class:`~nri_modular.graph.GraphBudget`:
+:func:`nri_modular.graph.tasks_to_graphs` then keeps only the real nodes and edges, padded
+to the budget as ``jraph.pad_with_graphs`` does, so a batch costs its real edges (rounded
+up to a bucket), not ``G n(n-1)``.
 
 Each edge is computed only by the module its structure picks (``edge_compute="blocked"``):
 edges are grouped by module into fixed-size row blocks (static shapes; at most ``K - 1``
@@ -181,12 +182,60 @@ def message_passing_step(
     Returns:
       ``[G, n, state_dim]`` next states.
     """
-    g, n, d = states.shape
-    receivers, senders = graph_lib.edge_index(n)
-    x = jnp.concatenate([states[:, senders], states[:, receivers]], axis=-1)
-    msgs = edge_messages(bank, params["edge"], x.reshape(-1, 2 * d), layout, edge_compute)
-    agg = msgs.reshape(g, n, n - 1, -1).sum(axis=2)
-    return states + bank.apply_node(params["node"], jnp.concatenate([states, agg], axis=-1))
+    g, n, _ = states.shape
+    structure = jnp.zeros((g, graph_lib.num_edges(n)), jnp.int32)  # layout holds the modules
+    graphs, _ = graph_lib.tasks_to_graphs(states, structure)
+    out = graph_step(bank, params, graphs, layout=layout, edge_compute=edge_compute)
+    return graph_lib.graphs_to_tasks(out.nodes, n)
+
+
+def graph_step(
+    bank: ModuleBank,
+    params: Params,
+    graphs: jraph.GraphsTuple,
+    *,
+    layout: EdgeLayout | None = None,
+    block_rows: int = 512,
+    edge_compute: str = "blocked",
+) -> jraph.GraphsTuple:
+    """One message-passing step on a jraph super-graph (``jraph.GraphNetwork``).
+
+    Args:
+      graphs: ``nodes [N, state_dim]`` states, ``edges`` int32 ``[E]`` module index per edge,
+        ``senders``/``receivers`` ``[E]``, receivers sorted (as every graph built by
+        :func:`nri_modular.graph.tasks_to_graphs` is).
+      layout: the module layout of ``graphs.edges`` (:func:`make_layout`), computed once
+        per rollout; by default made here.
+
+    Returns:
+      The same graphs with ``nodes`` advanced one step (``edges`` keep the structure).
+    """
+    if layout is None:
+        if not jnp.issubdtype(graphs.edges.dtype, jnp.integer):
+            raise ValueError(f"graphs.edges must hold int module indices, got {graphs.edges.dtype}")
+        layout = make_layout(graphs.edges, bank.num_modules, block_rows)
+
+    def update_edge_fn(edges, sent, received, globals_):
+        del edges, globals_
+        x = jnp.concatenate([sent, received], axis=-1)
+        return edge_messages(bank, params["edge"], x, layout, edge_compute)
+
+    def update_node_fn(nodes, sent_agg, received_agg, globals_):
+        del sent_agg, globals_
+        return nodes + bank.apply_node(params["node"], jnp.concatenate([nodes, received_agg], -1))
+
+    net = jraph.GraphNetwork(
+        update_edge_fn=update_edge_fn,
+        update_node_fn=update_node_fn,
+        aggregate_edges_for_nodes_fn=_sum_sorted,
+    )
+    out = net(graphs)
+    return out._replace(edges=graphs.edges)
+
+
+def _sum_sorted(data: jax.Array, segment_ids: jax.Array, num_segments: int) -> jax.Array:
+    """``segment_sum`` into receivers, which every task graph lists in sorted order."""
+    return jax.ops.segment_sum(data, segment_ids, num_segments, indices_are_sorted=True)
 
 
 def rollout(
@@ -199,26 +248,39 @@ def rollout(
     block_rows: int = 512,
     edge_compute: str = "blocked",
     groups: int = 1,
+    sizes: graph_lib.Sizes | None = None,
 ) -> jax.Array:
     """Rolls the model out from ``initial`` for ``num_steps`` steps, feeding back predictions.
 
+    The tasks become one ``GraphsTuple`` (:func:`nri_modular.graph.tasks_to_graphs`) and
+    :func:`graph_step` is scanned over its nodes.
+
     Args:
-      initial: ``[G, n, state_dim]``.
+      initial: ``[G, n, state_dim]`` (objects past ``sizes[g]`` are padding).
       structure: int32 ``[G, n(n-1)]``.
       groups: edge layouts per ``groups`` consecutive sets of graphs (must divide ``G``;
         see :func:`make_layout`): the same result, device-local when they are sharded.
+        Only 1 with ``sizes``.
+      sizes: objects per task and the static padded totals (None: every task has ``n``).
 
     Returns:
-      ``[G, num_steps, n, state_dim]`` predicted states after 1..num_steps steps.
+      ``[G, num_steps, n, state_dim]`` predicted states after 1..num_steps steps (zeros for
+      padded objects).
     """
     _check_structure(initial, structure, bank.num_modules)
-    layout = task_layout(structure, bank.num_modules, block_rows, groups)
+    if sizes is not None and groups != 1:
+        raise ValueError(f"tasks of different sizes are laid out as one group, got groups={groups}")
+    graphs, node_position = graph_lib.tasks_to_graphs(initial, structure, sizes)
+    layout = make_layout(graphs.edges, bank.num_modules, block_rows, groups)
 
-    def body(s, _):
-        s = message_passing_step(bank, params, s, layout, edge_compute)
-        return s, s
+    def body(nodes, _):
+        nodes = graph_step(
+            bank, params, graphs._replace(nodes=nodes), layout=layout, edge_compute=edge_compute
+        ).nodes
+        return nodes, nodes
 
-    _, preds = jax.lax.scan(body, initial, None, length=num_steps)
+    _, preds = jax.lax.scan(body, graphs.nodes, None, length=num_steps)  # [steps, N, d]
+    preds = graph_lib.graphs_to_tasks(preds, initial.shape[1], node_position)
     return jnp.swapaxes(preds, 0, 1)
 
 
@@ -241,6 +303,7 @@ def rollout_predictions(
     block_rows: int = 512,
     edge_compute: str = "blocked",
     groups: int = 1,
+    sizes: graph_lib.Sizes | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """``p``-step rollouts with truth re-fed every ``p`` frames, all chunks in parallel.
 
@@ -248,6 +311,7 @@ def rollout_predictions(
       states: ``[B, T, n, state_dim]`` observed trajectories.
       structure: int32 ``[B, n(n-1)]``.
       groups: as in :func:`rollout` (must divide ``B``).
+      sizes: objects per task (None: all ``n``), as in :func:`rollout`.
 
     Returns:
       ``(preds, targets, mask)``: ``preds`` and ``targets`` ``[B, C, p, n, d]``, ``mask``
@@ -268,6 +332,7 @@ def rollout_predictions(
         block_rows=block_rows,
         edge_compute=edge_compute,
         groups=groups,
+        sizes=None if sizes is None else sizes.repeat(c),
     ).reshape(b, c, p, n, d)
     frames = starts[:, None] + jnp.arange(1, p + 1)[None, :]  # [C, p]
     mask = (frames < t).astype(states.dtype)
@@ -286,6 +351,7 @@ def rollout_loss(
     edge_compute: str = "blocked",
     groups: int = 1,
     huber_delta: float | None = None,
+    sizes: graph_lib.Sizes | None = None,
 ) -> jax.Array:
     """Per-task MSE of ``p``-step rollouts (the energy of a structure).
 
@@ -294,6 +360,7 @@ def rollout_loss(
       structure: int32 ``[B, n(n-1)]``.
       groups: as in :func:`rollout` (must divide ``B``).
       huber_delta: ``None``: squared error; else the Huber penalty of :func:`penalty`.
+      sizes: objects per task (None: all ``n``): the mean is over each task's real objects.
 
     Returns:
       ``[B]`` mean penalty (squared error by default) over predicted frames, particles
@@ -308,8 +375,14 @@ def rollout_loss(
         block_rows=block_rows,
         edge_compute=edge_compute,
         groups=groups,
+        sizes=sizes,
     )
-    per_step = penalty(preds - targets, huber_delta).mean(axis=(-1, -2))  # [B, C, p]
+    if sizes is None:
+        per_step = penalty(preds - targets, huber_delta).mean(axis=(-1, -2))  # [B, C, p]
+    else:
+        real = sizes.node_mask(states.shape[2]).astype(preds.dtype)  # [B, n]
+        per_node = penalty(preds - targets, huber_delta).mean(axis=-1)  # [B, C, p, n]
+        per_step = (per_node * real[:, None, None]).sum(-1) / real.sum(-1)[:, None, None]
     return (per_step * mask[None]).sum(axis=(1, 2)) / mask.sum()
 
 
@@ -333,41 +406,6 @@ def rollout_flops(bank: ModuleBank, num_tasks: int, num_frames: int, n: int, p: 
     return num_tasks * steps * per_graph_step
 
 
-def graph_step(
-    bank: ModuleBank,
-    params: Params,
-    graphs: jraph.GraphsTuple,
-    *,
-    block_rows: int = 512,
-    edge_compute: str = "blocked",
-) -> jraph.GraphsTuple:
-    """One message-passing step on a jraph super-graph.
-
-    Args:
-      graphs: ``nodes [N, state_dim]`` states, ``edges`` int32 ``[E]`` module index per edge,
-        ``senders``/``receivers`` ``[E]``.
-
-    Returns:
-      The same graphs with ``nodes`` advanced one step (``edges`` keep the structure).
-    """
-    if not jnp.issubdtype(graphs.edges.dtype, jnp.integer):
-        raise ValueError(f"graphs.edges must hold int module indices, got {graphs.edges.dtype}")
-    layout = make_layout(graphs.edges, bank.num_modules, block_rows)
-
-    def update_edge_fn(edges, sent, received, globals_):
-        del edges, globals_
-        x = jnp.concatenate([sent, received], axis=-1)
-        return edge_messages(bank, params["edge"], x, layout, edge_compute)
-
-    def update_node_fn(nodes, sent_agg, received_agg, globals_):
-        del sent_agg, globals_
-        return nodes + bank.apply_node(params["node"], jnp.concatenate([nodes, received_agg], -1))
-
-    net = jraph.GraphNetwork(update_edge_fn=update_edge_fn, update_node_fn=update_node_fn)
-    out = net(graphs)
-    return out._replace(edges=graphs.edges)
-
-
 def incoming_config_losses(
     bank: ModuleBank,
     params: Params,
@@ -377,6 +415,7 @@ def incoming_config_losses(
     chunk_rows: int = 512,
     groups: int = 1,
     huber_delta: float | None = None,
+    sizes: graph_lib.Sizes | None = None,
 ) -> jax.Array:
     """One-step (teacher-forced) loss of node ``i`` for every setting of its incoming edges.
 
@@ -401,6 +440,8 @@ def incoming_config_losses(
         over a leading group axis; must divide ``B``): the same scores, and device-local
         when the groups are split over devices (see :func:`make_layout`).
       huber_delta: ``None``: squared error; else the Huber penalty of :func:`penalty`.
+      sizes: objects per task (None: all ``n``). Edges from padded objects send nothing
+        (every setting of them scores the same) and padded nodes score 0.
 
     Returns:
       ``[B, n, C]`` mean one-step penalty (squared error by default) of node ``i`` under
@@ -416,11 +457,12 @@ def incoming_config_losses(
         # vmap runs a chunk of every group at once: chunks of chunk_rows / groups rows per
         # group keep the cache-sized working set (and the padding per group small).
         inner = 0 if chunk_rows == 0 else max(1, chunk_rows // groups)
+        grouped = lambda a: a.reshape(groups, b // groups, *a.shape[1:])  # noqa: E731
         per_group = jax.vmap(
-            lambda s: incoming_config_losses(
-                bank, params, s, configs, stride, inner, huber_delta=huber_delta
+            lambda s, z: incoming_config_losses(
+                bank, params, s, configs, stride, inner, huber_delta=huber_delta, sizes=z
             )
-        )(states.reshape(groups, b // groups, *states.shape[1:]))
+        )(grouped(states), None if sizes is None else jax.tree.map(grouped, sizes))
         return per_group.reshape(b, *per_group.shape[2:])
     receivers, senders = graph_lib.edge_index(n)
     current = states[:, :-1:stride]  # [B, T', n, d]
@@ -433,6 +475,10 @@ def incoming_config_losses(
     k, f = every.shape[0], w_msg.shape[1]
     m = (n - 1) * k
     proj = (every @ w_msg).reshape(k, rows, n - 1, f)  # [K, rows, n-1, F]
+    if sizes is not None:  # messages of edges touching padded objects are not sent
+        real = sizes.edge_mask(n).reshape(b, 1, n, n - 1)  # [B, 1, n, n-1]
+        real = jnp.broadcast_to(real, (b, t, n, n - 1)).reshape(1, rows, n - 1, 1)
+        proj = proj * real.astype(proj.dtype)
     proj = jnp.moveaxis(proj, 0, 2).reshape(rows, m, f)  # columns: (edge j, module k)
     onehot = jax.nn.one_hot(configs, k, dtype=proj.dtype).reshape(-1, m)  # [C, (n-1)K]
     node_states = current.reshape(rows, d)
@@ -455,7 +501,10 @@ def incoming_config_losses(
 
     err = jax.lax.map(errors, tuple(split(a) for a in (proj, base, node_states, target)))
     err = jnp.moveaxis(err, 1, 0).reshape(-1, num_chunks * chunk)[:, :rows]  # [C, rows]
-    return err.reshape(-1, b, t, n).mean(axis=2).transpose(1, 2, 0)  # [B, n, C]
+    err = err.reshape(-1, b, t, n).mean(axis=2).transpose(1, 2, 0)  # [B, n, C]
+    if sizes is not None:
+        err = err * sizes.node_mask(n)[..., None].astype(err.dtype)
+    return err
 
 
 def _check_groups(groups: int, size: int, what: str) -> None:

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+PADDING = -1  # the label of an edge that touches a padded object: no edge, never scored
+
 
 def _is_jax(*arrays) -> bool:
     return any(isinstance(a, jax.Array) for a in arrays)
@@ -28,12 +30,15 @@ def confusion(structures, labels, num_modules: int, num_types: int) -> jax.Array
 
     Args:
       structures: int ``[..., E]`` module of every edge.
-      labels: int ``[..., E]`` true relation type of every edge (same shape).
+      labels: int ``[..., E]`` true relation type of every edge (same shape); ``-1``
+        (:data:`PADDING`): no edge (it touches a padded object), not counted.
     """
     if structures.shape != labels.shape:
         raise ValueError(f"structures {structures.shape} and labels {labels.shape} differ in shape")
-    idx = jnp.asarray(structures).reshape(-1) * num_types + jnp.asarray(labels).reshape(-1)
-    counts = jnp.zeros(num_modules * num_types, jnp.int32).at[idx].add(1)
+    labels = jnp.asarray(labels).reshape(-1)
+    idx = jnp.asarray(structures).reshape(-1) * num_types + labels
+    idx = jnp.where(labels < 0, num_modules * num_types, idx)  # padding: dropped
+    counts = jnp.zeros(num_modules * num_types, jnp.int32).at[idx].add(1, mode="drop")
     return counts.reshape(num_modules, num_types)
 
 
@@ -78,17 +83,22 @@ def edge_accuracy(structures, labels, mapping):
     """Fraction of directed edges whose mapped module equals the true relation type.
 
     Args:
-      structures: int ``[N, E]``; labels: int ``[N, E]``; mapping: int ``[num_modules]``.
+      structures: int ``[N, E]``; labels: int ``[N, E]`` (``-1``: padding, not counted);
+      mapping: int ``[num_modules]``.
 
     Returns:
-      A Python float (float64 mean) for numpy ``structures``; a float32 JAX scalar for JAX
-      ones (inside ``jax.jit`` too).
+      A Python float (float64 mean over the real edges) for numpy ``structures``; a
+      float32 JAX scalar for JAX ones (inside ``jax.jit`` too).
     """
     if structures.shape != labels.shape:
         raise ValueError(f"structures {structures.shape} and labels {labels.shape} differ")
     if _is_jax(structures):
-        return (jnp.asarray(mapping)[structures] == labels).mean()
-    return float((np.asarray(mapping)[structures] == np.asarray(labels)).mean())
+        labels = jnp.asarray(labels)
+        real = labels >= 0
+        return ((jnp.asarray(mapping)[structures] == labels) & real).sum() / real.sum()
+    labels = np.asarray(labels)
+    real = labels >= 0
+    return float((np.asarray(mapping)[np.asarray(structures)[real]] == labels[real]).mean())
 
 
 def auroc(scores, labels) -> float:
@@ -115,12 +125,20 @@ def auroc(scores, labels) -> float:
     return float((ranks[labels].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
 
 
-def squared_error_per_step(predictions, truth):
-    """Per-task, per-step MSE over particles and state dims: ``[B, H, n, 4] -> [B, H]``."""
+def squared_error_per_step(predictions, truth, node_mask=None):
+    """Per-task, per-step MSE over particles and state dims: ``[B, H, n, 4] -> [B, H]``.
+
+    ``node_mask``: bool ``[B, n]``, the real objects of systems of different sizes (the
+    mean is over each task's real objects); None: every object.
+    """
     if predictions.shape != truth.shape:
         raise ValueError(f"predictions {predictions.shape} and truth {truth.shape} differ")
-    xp = jnp if _is_jax(predictions, truth) else np
-    return xp.square(predictions - truth).mean(axis=(2, 3))
+    xp = jnp if _is_jax(predictions, truth, node_mask) else np
+    if node_mask is None:
+        return xp.square(predictions - truth).mean(axis=(2, 3))
+    real = xp.asarray(node_mask, predictions.dtype)[:, None, :]  # [B, 1, n]
+    per_node = xp.square(predictions - truth).mean(axis=3)  # [B, H, n]
+    return (per_node * real).sum(axis=2) / real.sum(axis=2)
 
 
 def mse_per_step(predictions, truth):

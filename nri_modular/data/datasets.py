@@ -89,11 +89,19 @@ class Split:
       states: float32 ``[sims, frames, n, 4]`` normalised (x, y, vx, vy); a
         :class:`TaskRows` when this host loaded only its shard of the tasks.
       labels: int32 ``[sims, n(n-1)]`` relation type of each directed edge j -> i; None
-        for unlabelled data (one's own, without an ``edges`` file).
+        for unlabelled data (one's own, without an ``edges`` file). In a ragged split
+        an edge touching a padded object holds ``-1`` ("no edge here: padding"); real
+        edges hold codes ``>= 0``.
+      sizes: int32 ``[sims]``, the number of real objects of each system (``2 <= size
+        <= n``) when systems of different sizes share the split (one's own data with
+        ``sizes_{split}_NAME.npy``): objects ``size .. n-1`` are padding, their states
+        exactly 0.0 and their edges labelled ``-1`` (:func:`nri_modular.graph.node_mask`,
+        :func:`~nri_modular.graph.edge_mask`). None: every system has ``num_particles`` objects.
     """
 
     states: np.ndarray | TaskRows
     labels: np.ndarray | None
+    sizes: np.ndarray | None = None
 
     @property
     def num_tasks(self) -> int:
