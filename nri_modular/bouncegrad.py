@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from nri_modular import annealing, gnn, proposal_net, structure_priors
+from nri_modular import graph as graph_lib
 from nri_modular import structure as structure_lib
 from nri_modular.modules import ModuleBank, Params
 
@@ -228,11 +229,40 @@ class Batch:
       labels: int32 ``[B, E]`` true relation types; the step never reads them (training
         edge accuracy is scored on the host, over all training tasks with one map:
         :func:`nri_modular.train.training_structure_accuracy`).
+      sizes: int32 ``[B]`` objects of each task when systems of different sizes share the
+        dataset (padded to ``n``; the step then takes the batch's static
+        :class:`~nri_modular.graph.GraphBudget`); None: every task has ``n``.
     """
 
     task_ids: jax.Array
     states: jax.Array
     labels: jax.Array
+    sizes: jax.Array | None = None
+
+
+def check_sizes(counts, budget, config: BounceGradConfig):
+    """The :class:`~nri_modular.graph.Sizes` of a batch (None for systems of one size).
+
+    Raises:
+      ValueError: sizes without a budget (or a budget without sizes), or a setting that
+        does not handle systems of different sizes yet (task shards, the learned
+        proposal's blocked Gibbs moves, node types).
+    """
+    if counts is None:
+        if budget is not None:
+            raise ValueError("a graph budget was given for a batch without sizes")
+        return None
+    if budget is None:
+        raise ValueError("a batch of systems of different sizes needs its graph budget")
+    unsupported = {
+        "task_shards > 1": config.task_shards > 1,
+        "proposal=blocked_gibbs": config.proposal == "blocked_gibbs",
+        "node_types": config.node_types > 0,
+    }
+    used = [name for name, on in unsupported.items() if on]
+    if used:
+        raise ValueError(f"systems of different sizes do not support {', '.join(used)} yet")
+    return graph_lib.Sizes(counts, budget)
 
 
 def init_train_state(
@@ -284,9 +314,11 @@ def make_bouncegrad_step(
     proposal_apply: ProposalApply | None = None,
     proposal_optimizer: optax.GradientTransformation | None = None,
 ):
-    """Builds ``bouncegrad_step(state, batch) -> (state, metrics)`` (not yet jitted).
+    """Builds ``bouncegrad_step(state, batch, budget=None) -> (state, metrics)`` (not jitted).
 
-    The returned function is pure; jit it (optionally with shardings, donation).
+    The returned function is pure; jit it (optionally with shardings, donation) with
+    ``budget`` static: batches of systems of different sizes (``batch.sizes``) pass their
+    :func:`nri_modular.graph.graph_budget`, one compiled program per bucket.
     """
     proposal_fn = structure_priors.make_search_move(
         config.proposal,
@@ -309,12 +341,14 @@ def make_bouncegrad_step(
         block_rows=config.block_rows, edge_compute=config.edge_compute, groups=config.task_shards
     )
 
-    def loss_fn(params, states, structure):
-        return gnn.rollout_loss(
-            bank, params, states, structure, config.p, huber_delta=delta, **layout
-        )
+    def step(state: TrainState, batch: Batch, budget: graph_lib.GraphBudget | None = None):
+        sizes = check_sizes(batch.sizes, budget, config)
 
-    def step(state: TrainState, batch: Batch):
+        def loss_fn(params, states, structure):
+            return gnn.rollout_loss(
+                bank, params, states, structure, config.p, huber_delta=delta, sizes=sizes, **layout
+            )
+
         key = jax.random.fold_in(state.rng, state.step)
         k_anneal, _ = jax.random.split(key)
         shards = config.task_shards
@@ -338,6 +372,7 @@ def make_bouncegrad_step(
                 config.exact_stride,
                 groups=config.task_shards,
                 huber_delta=delta,
+                sizes=sizes,
             )
 
         # 1. Simulated annealing on the structures, weights fixed.

@@ -28,6 +28,7 @@ import numpy as np
 from absl import logging
 
 from nri_modular import annealing, bouncegrad, distributed, gnn, metrics, structure_priors
+from nri_modular import graph as graph_lib
 from nri_modular import structure as structure_lib
 from nri_modular.config import Config
 from nri_modular.data import batching, datasets
@@ -56,12 +57,19 @@ def search_config(config: Config) -> SearchConfig:
     )
 
 
-def exact_scores(bank: ModuleBank, params: Params, states: jax.Array, config: SearchConfig):
+def exact_scores(
+    bank: ModuleBank,
+    params: Params,
+    states: jax.Array,
+    config: SearchConfig,
+    sizes: graph_lib.Sizes | None = None,
+):
     """Exact local moves' scores and the exact one-step optimum search starts from.
 
     Args:
       states: ``[B, T, n, 4]`` observed frames.
       config: its ``exact_stride``, ``groups`` and ``huber_delta`` (the energy's penalty).
+      sizes: objects per task for systems of different sizes (None: all ``n``).
 
     Returns:
       ``(scores [B, n, K^(n-1)], structure int32 [B, n(n-1)])``: every setting's one-step
@@ -77,13 +85,22 @@ def exact_scores(bank: ModuleBank, params: Params, states: jax.Array, config: Se
         config.exact_stride,
         groups=config.groups,
         huber_delta=config.huber_delta,
+        sizes=sizes,
     )
     return scores, structure_lib.exact_best_structure(scores, n, bank.num_modules)
 
 
 @functools.partial(jax.jit, static_argnames=("bank", "config"))
-def _exact_scores_batch(bank, params, states, config):
-    return exact_scores(bank, params, states, config)[0]
+def _exact_scores_batch(bank, params, states, config, sizes):
+    return exact_scores(bank, params, states, config, sizes)[0]
+
+
+def batch_sizes(sizes: np.ndarray | None, idx: np.ndarray, put=jnp.asarray):
+    """The :class:`~nri_modular.graph.Sizes` of tasks ``idx`` (None for systems of one size)."""
+    if sizes is None:
+        return None
+    counts = np.asarray(sizes)[idx]
+    return graph_lib.Sizes(put(counts.astype(np.int32)), graph_lib.graph_budget(counts))
 
 
 def edge_penalties(
@@ -94,6 +111,7 @@ def edge_penalties(
     config: SearchConfig,
     put: Callable[[np.ndarray], jax.Array] = jnp.asarray,
     fetch: Callable[[jax.Array], np.ndarray] = np.asarray,
+    sizes: np.ndarray | None = None,
 ) -> np.ndarray:
     """Each edge's one-step penalty under each module at the searched structures.
 
@@ -103,14 +121,16 @@ def edge_penalties(
 
     Args:
       states: ``[N, T_obs, n, 4]`` observed frames; ``structures`` int ``[N, E]``.
+      sizes: int ``[N]`` objects per task (None: all ``n``).
 
     Returns:
-      ``[N, E, K]`` float32.
+      ``[N, E, K]`` float32 (edges touching padded objects: meaningless, mask them).
     """
     n_tasks, _, n, _ = states.shape
     out = []
     for idx, valid in batching.padded_batches(n_tasks, config.batch_size):
-        scores = fetch(_exact_scores_batch(bank, params, put(states[idx]), config))[:valid]
+        z = batch_sizes(sizes, idx, put)
+        scores = fetch(_exact_scores_batch(bank, params, put(states[idx]), config, z))[:valid]
         out.append(
             structure_lib.edge_module_scores(scores, structures[idx[:valid]], n, bank.num_modules)
         )
@@ -134,9 +154,16 @@ def edge_evidence(penalties: np.ndarray, mapping, relation: int) -> np.ndarray:
     return penalties[..., others].min(-1) - penalties[..., mine].min(-1)
 
 
-def search_energy(bank: ModuleBank, params: Params, states, config: SearchConfig) -> Callable:
+def search_energy(
+    bank: ModuleBank,
+    params: Params,
+    states,
+    config: SearchConfig,
+    sizes: graph_lib.Sizes | None = None,
+) -> Callable:
     """``structure [B, E] -> [B]``: meta-test's annealing energy, the ``p``-step rollout
-    penalty of ``config`` (the run's loss, :func:`search_config`) on ``states``."""
+    penalty of ``config`` (the run's loss, :func:`search_config`) on ``states`` (of
+    ``sizes`` objects per task, None: all ``n``)."""
 
     def energy_fn(s):
         return gnn.rollout_loss(
@@ -149,23 +176,26 @@ def search_energy(bank: ModuleBank, params: Params, states, config: SearchConfig
             edge_compute=config.edge_compute,
             groups=config.groups,
             huber_delta=config.huber_delta,
+            sizes=sizes,
         )
 
     return energy_fn
 
 
 @functools.partial(jax.jit, static_argnames=("bank", "config", "num_nodes", "proposal_apply"))
-def _search_batch(bank, params, states, key, config, num_nodes, proposal_params, proposal_apply):
+def _search_batch(
+    bank, params, states, key, config, num_nodes, proposal_params, proposal_apply, sizes=None
+):
     prior = (config.symmetric_structure, config.node_types)
     proposal_fn = structure_priors.make_search_move(
         config.proposal, bank.num_modules, num_nodes, config.uniform_mix, *prior
     )
-    energy_fn = search_energy(bank, params, states, config)
+    energy_fn = search_energy(bank, params, states, config, sizes)
 
     k_init, k_anneal = jax.random.split(key)
     aux, aux_kind = None, None
     if config.proposal in structure_lib.EXACT_KINDS:
-        aux, aux_kind = exact_scores(bank, params, states, config)[0], "scores"
+        aux, aux_kind = exact_scores(bank, params, states, config, sizes)[0], "scores"
     elif proposal_apply is not None:
         aux, aux_kind = proposal_apply(proposal_params, states), "logits"
     init = structure_priors.search_initial_structure(
@@ -188,6 +218,7 @@ def search_structures(
     progress: Callable[[int, int], None] | None = None,
     put: Callable[[np.ndarray], jax.Array] = jnp.asarray,
     fetch: Callable[[jax.Array], np.ndarray] = np.asarray,
+    sizes: np.ndarray | None = None,
 ):
     """Anneals a structure for every task, weights fixed.
 
@@ -198,10 +229,15 @@ def search_structures(
       progress: called as ``progress(tasks_done, N)``.
       put, fetch: host batch -> device array and back (defaults: one device; a sharded
         run passes :mod:`nri_modular.distributed` placements).
+      sizes: int ``[N]`` objects per task when systems of different sizes share the set
+        (padded to ``n``; batches compile once per bucket of their graph budget).
 
     Returns:
-      ``(structures int32 [N, E], energies [N])`` as numpy.
+      ``(structures int32 [N, E], energies [N])`` as numpy; edges touching padded objects
+      hold module 0.
     """
+    if sizes is not None and proposal_apply is not None:
+        raise ValueError("systems of different sizes do not support the learned proposal yet")
     n_tasks, _, n, _ = states.shape
     structures, energies = [], []
     for i, (idx, valid) in enumerate(batching.padded_batches(n_tasks, config.batch_size)):
@@ -214,8 +250,12 @@ def search_structures(
             n,
             proposal_params,
             proposal_apply,
+            batch_sizes(sizes, idx, put),
         )
-        structures.append(fetch(s)[:valid])
+        s = fetch(s)
+        if sizes is not None:  # padded edges: whatever the search left there, module 0
+            s = np.where(graph_lib.edge_mask(np.asarray(sizes)[idx], n), s, 0)
+        structures.append(s[:valid])
         energies.append(fetch(e)[:valid])
         if progress is not None:
             progress(min((i + 1) * config.batch_size, n_tasks), n_tasks)
@@ -226,7 +266,7 @@ def search_structures(
     jax.jit, static_argnames=("bank", "horizon", "block_rows", "edge_compute", "groups")
 )
 def _rollout_sq_error(
-    bank, params, states, structure, start, horizon, block_rows, edge_compute, groups, scale
+    bank, params, states, structure, start, horizon, block_rows, edge_compute, groups, scale, sizes
 ):
     """Per-task, per-step squared errors of one open-loop rollout from frame ``start``.
 
@@ -243,13 +283,15 @@ def _rollout_sq_error(
         block_rows=block_rows,
         edge_compute=edge_compute,
         groups=groups,
+        sizes=sizes,
     )
     truth = jax.lax.dynamic_slice_in_dim(states, start + 1, horizon, axis=1)
-    err = metrics.squared_error_per_step(preds, truth)
+    real = None if sizes is None else sizes.node_mask(states.shape[2])
+    err = metrics.squared_error_per_step(preds, truth, real)
     if scale is None:
         return err, None
     factors = scale[None, None, None]
-    return err, metrics.squared_error_per_step(preds * factors, truth * factors)
+    return err, metrics.squared_error_per_step(preds * factors, truth * factors, real)
 
 
 class PredictionMSE(NamedTuple):
@@ -278,6 +320,7 @@ def prediction_mse(
     fetch: Callable[[jax.Array], np.ndarray] = np.asarray,
     groups: int = 1,
     dim_scale: np.ndarray | None = None,
+    sizes: np.ndarray | None = None,
 ) -> PredictionMSE:
     """MSE of open-loop rollouts from ``start_frame``, per step.
 
@@ -289,6 +332,8 @@ def prediction_mse(
         (:func:`physical_scale` gives physical units): the same rollouts then also give
         the MSE in those units.
       put, fetch: as in :func:`search_structures`.
+      sizes: int ``[N]`` objects per task (None: all ``n``): each task's MSE is over its
+        real objects.
 
     Returns:
       A :class:`PredictionMSE`: ``normalised [horizon]`` (entry ``k - 1`` is the MSE of
@@ -316,6 +361,7 @@ def prediction_mse(
             edge_compute,
             groups,
             scale,
+            batch_sizes(sizes, idx, put),
         )
         err = fetch(err)[:valid]
         check_finite_errors(err, idx[:valid])
@@ -453,6 +499,7 @@ def meta_test(
         progress=progress,
         put=put,
         fetch=fetch,
+        sizes=test.sizes,
     )
     search_seconds = time.time() - start
     mse, physical = np.zeros(0), np.zeros(0)  # horizon 0: the structures only
@@ -471,6 +518,7 @@ def meta_test(
             fetch=fetch,
             groups=config.task_shards,
             dim_scale=dim_scale,
+            sizes=test.sizes,
         )
     penalties, evidence, auroc = _edge_scores(
         config,
@@ -483,8 +531,12 @@ def meta_test(
         None if relations is None else relations.none,
         put,
         fetch,
+        test.sizes,
     )
-    usage = np.bincount(np.ravel(structures), minlength=config.num_modules) / structures.size
+    real = np.ones(structures.shape, bool)
+    if test.sizes is not None:
+        real = graph_lib.edge_mask(np.asarray(test.sizes), graph_lib.num_nodes(structures.shape[1]))
+    usage = np.bincount(structures[real], minlength=config.num_modules) / real.sum()
     results = {
         "system": config.system,
         "dataset": config.dataset,
@@ -510,7 +562,9 @@ def meta_test(
     return results
 
 
-def _edge_scores(config, bank, params, observed, structures, mapping, labels, none, put, fetch):
+def _edge_scores(
+    config, bank, params, observed, structures, mapping, labels, none, put, fetch, sizes=None
+):
     """``(penalties [M, E, K], evidence [M, E], auroc)`` of meta-test's structures.
 
     ``evidence`` favours an edge existing (any relation but the "no relation" code
@@ -523,7 +577,7 @@ def _edge_scores(config, bank, params, observed, structures, mapping, labels, no
     if bank.num_modules ** (n - 1) > structure_lib.MAX_EXACT_SETTINGS:
         return None, None, None
     penalties = edge_penalties(
-        bank, params, observed, structures, search_config(config), put, fetch
+        bank, params, observed, structures, search_config(config), put, fetch, sizes
     )
     if none is None or mapping is None:
         return penalties, None, None
@@ -533,8 +587,10 @@ def _edge_scores(config, bank, params, observed, structures, mapping, labels, no
     evidence = -absent
     if labels is None:
         return penalties, evidence, None
-    exists = np.asarray(labels) != none
-    auroc = metrics.auroc(evidence, exists) if exists.any() and not exists.all() else None
+    labels = np.asarray(labels)
+    real = labels >= 0  # padded edges (-1) are no edges
+    exists = labels[real] != none
+    auroc = metrics.auroc(evidence[real], exists) if exists.any() and not exists.all() else None
     return penalties, evidence, auroc
 
 

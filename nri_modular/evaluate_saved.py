@@ -22,7 +22,17 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from nri_modular import atomic, checkpoints, distributed, evaluate, gnn, metrics, plots, train
+from nri_modular import (
+    atomic,
+    checkpoints,
+    distributed,
+    evaluate,
+    gnn,
+    graph,
+    metrics,
+    plots,
+    train,
+)
 from nri_modular.config import Config
 from nri_modular.data import datasets, files, own
 from nri_modular.data.normalization import Normalization
@@ -121,6 +131,7 @@ def save_inferred(
     labels: np.ndarray | None,
     edge_penalties: np.ndarray | None = None,
     edge_evidence: np.ndarray | None = None,
+    sizes: np.ndarray | None = None,
 ) -> None:
     """Writes the inferred structures of an evaluation (``.npz``, atomically).
 
@@ -132,11 +143,20 @@ def save_inferred(
     ``[M, E, K]`` (each edge's one-step penalty under each module,
     :func:`nri_modular.evaluate.edge_penalties`) and ``edge_evidence`` float32 ``[M, E]``
     (> 0: the data favours the edge existing; its AUROC is the results' ``auroc``).
+    Systems of different sizes (``sizes [M]``, also saved): ``structures`` and
+    ``relations`` hold ``-1`` on edges that touch a padded object.
     """
-    arrays = {"structures": np.asarray(structures, np.int32)}
+    structures = np.asarray(structures, np.int32)
+    arrays = {"structures": structures}
     if mapping is not None:
         arrays["module_to_relation"] = np.asarray(mapping, np.int32)
-        arrays["relations"] = np.asarray(mapping, np.int32)[np.asarray(structures)]
+        arrays["relations"] = np.asarray(mapping, np.int32)[structures]
+    if sizes is not None:
+        real = graph.edge_mask(np.asarray(sizes), graph.num_nodes(structures.shape[1]))
+        arrays["sizes"] = np.asarray(sizes, np.int32)
+        for name in ("structures", "relations"):
+            if name in arrays:
+                arrays[name] = np.where(real, arrays[name], -1).astype(np.int32)
     for name, value in (("edge_penalties", edge_penalties), ("edge_evidence", edge_evidence)):
         if value is not None:
             arrays[name] = np.asarray(value, np.float32)
@@ -299,12 +319,16 @@ def evaluate_run(
     results["wall_seconds"] = time.time() - start
     evaluate.check_finite_results(results, out)
     # The numbers and the structures are saved before any figure is drawn.
-    save_inferred(results["inferred"], structures, entry["map"], data.labels, penalties, evidence)
+    save_inferred(
+        results["inferred"], structures, entry["map"], data.labels, penalties, evidence, data.sizes
+    )
     checkpoints.write_json_atomic(out, results)
     if num_plots > 0 and eval_config.horizon == 0:
         logging.info("horizon=0: no prediction, so no figure")
     elif num_plots > 0 and (entry["map"] is None or data.labels is None):
         logging.info("no relation labels (or no module -> relation map): no figure")
+    elif num_plots > 0 and data.sizes is not None:
+        logging.info("systems of different sizes: no figure (drawn for systems of one size)")
     elif num_plots > 0 and not plots.available():
         logging.info("matplotlib is not installed: no figure (pip install -e '.[plots]')")
     elif num_plots > 0:

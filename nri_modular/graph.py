@@ -23,6 +23,14 @@ def num_edges(num_nodes: int) -> int:
     return num_nodes * (num_nodes - 1)
 
 
+def num_nodes(num_edges_: int) -> int:
+    """``n`` of the complete directed graph with ``n(n-1)`` edges (inverse of :func:`num_edges`)."""
+    n = int(round((1 + (1 + 4 * num_edges_) ** 0.5) / 2))
+    if n * (n - 1) != num_edges_ or n < 2:
+        raise ValueError(f"{num_edges_} is not n(n-1) for any n >= 2")
+    return n
+
+
 @functools.cache
 def edge_index(num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
     """Receivers and senders of the complete directed graph, receiver-major.

@@ -50,6 +50,7 @@ from nri_modular import (
     checkpoints,
     distributed,
     evaluate,
+    graph,
     loading,
     metrics,
     proposal_net,
@@ -69,7 +70,8 @@ class Setup:
     Attributes:
       mesh: the device mesh.
       bank: the module bank.
-      step_fn: jitted ``(state, batch) -> (state, metrics)``, sharded, state donated.
+      step_fn: jitted ``(state, batch, budget=None) -> (state, metrics)``, sharded, state
+        donated; ``budget`` (static) for batches of systems of different sizes.
       init_fn: jitted ``() -> TrainState`` producing the sharded fresh state.
       abstract_state: ``TrainState`` of ``ShapeDtypeStruct`` with shardings.
       abstract_batch: ``Batch`` of ``ShapeDtypeStruct`` with shardings.
@@ -85,13 +87,14 @@ class Setup:
     proposal_apply: Any
 
 
-def build(config: Config, mesh, sample_states: np.ndarray) -> Setup:
+def build(config: Config, mesh, sample_states: np.ndarray, ragged: bool = False) -> Setup:
     """Builds the sharded, jitted BounceGrad step and state initialiser.
 
     Args:
       config: the run's config.
       mesh: from :func:`nri_modular.distributed.make_mesh`.
       sample_states: ``[1, T, n, state_dim]``; only its shape is used (batch shapes, proposal init).
+      ragged: the training systems have different sizes (batches carry ``sizes``).
 
     Raises:
       ValueError: batch_size / test_batch_size not divisible by the data-axis size.
@@ -139,6 +142,7 @@ def build(config: Config, mesh, sample_states: np.ndarray) -> Setup:
         task_ids=jax.ShapeDtypeStruct((b,), jnp.int32),
         states=jax.ShapeDtypeStruct((b, t, n, config.state_dim), jnp.float32),
         labels=jax.ShapeDtypeStruct((b, e), jnp.int32),
+        sizes=jax.ShapeDtypeStruct((b,), jnp.int32) if ragged else None,
     )
     batch_sh = distributed.batch_shardings(mesh, batch_abstract)
     step = bouncegrad.make_bouncegrad_step(
@@ -149,6 +153,7 @@ def build(config: Config, mesh, sample_states: np.ndarray) -> Setup:
         in_shardings=(state_shardings, batch_sh),
         out_shardings=(state_shardings, distributed.replicated(mesh)),
         donate_argnums=(0,),
+        static_argnums=(2,),
     )
     return Setup(
         mesh=mesh,
@@ -182,6 +187,14 @@ def _check_data(config: Config, data) -> None:
             f"dataset has {data.state_dim} state channels per object, config says "
             f"state_dim={config.state_dim}"
         )
+    if train_split.sizes is not None:  # settings that do not handle different sizes yet
+        bouncegrad.check_sizes(
+            train_split.sizes[:1], graph.graph_budget([n]), config_lib.bouncegrad_config(config)
+        )
+        if config.test_proposal == "blocked_gibbs":
+            raise ValueError(
+                "systems of different sizes do not support test_proposal=blocked_gibbs yet"
+            )
     needed = evaluate.frames_needed(config.obs_frames, config.horizon)
     if test.states.shape[1] < needed:
         raise ValueError(
@@ -360,7 +373,10 @@ def _train(config: Config, workdir: str) -> TrainResult:
     data = loading.load_data_all_hosts(config, mesh)
     _check_data(config, data)
     train_split = data.train
-    setup = build(config, mesh, np.zeros((1, *train_split.states.shape[1:]), np.float32))
+    ragged = train_split.sizes is not None
+    setup = build(
+        config, mesh, np.zeros((1, *train_split.states.shape[1:]), np.float32), ragged=ragged
+    )
 
     manager = checkpoints.checkpoint_manager(workdir, config.keep_checkpoints)
     latest = manager.latest_step()
@@ -412,9 +428,8 @@ def _train(config: Config, workdir: str) -> TrainResult:
                 )
                 for ids in order[offset:]:
                     batching.check_block_local(ids, config.num_train, config.task_shards)
-                    ids_arr, states_arr, labels_arr = _put_batch(mesh, ids, states_np, labels_np)
-                    batch = bouncegrad.Batch(task_ids=ids_arr, states=states_arr, labels=labels_arr)
-                    state, step_metrics = setup.step_fn(state, batch)
+                    batch, budget = _put_batch(mesh, ids, states_np, labels_np, train_split.sizes)
+                    state, step_metrics = setup.step_fn(state, batch, budget)
                     window.append(step_metrics)
                     pending.append((step + 1, step_metrics["loss"], step_metrics["grad_norm"]))
                     step += 1
@@ -462,11 +477,17 @@ def _train(config: Config, workdir: str) -> TrainResult:
     return TrainResult(setup, state, data, total_steps, time.time() - start)
 
 
-def _put_batch(mesh, ids: np.ndarray, states: np.ndarray, labels: np.ndarray):
-    """``(task_ids [B], states [B, T, n, S], labels [B, E])`` task-sharded on the mesh."""
+def _put_batch(mesh, ids: np.ndarray, states, labels: np.ndarray, sizes: np.ndarray | None):
+    """The :class:`~nri_modular.bouncegrad.Batch` of tasks ``ids``, task-sharded on the mesh,
+    and its graph budget (None unless the systems have different ``sizes [N]``)."""
     (task_ids,) = distributed.put_batch(mesh, (ids,))
     states_arr, labels_arr = distributed.put_batch(mesh, (states, labels), rows=ids)
-    return task_ids, states_arr, labels_arr
+    if sizes is None:
+        return bouncegrad.Batch(task_ids, states_arr, labels_arr), None
+    (sizes_arr,) = distributed.put_batch(mesh, (sizes[ids],))
+    return bouncegrad.Batch(task_ids, states_arr, labels_arr, sizes_arr), graph.graph_budget(
+        sizes[ids]
+    )
 
 
 def _record(window, window_start, step, steps_per_epoch, config) -> dict:

@@ -183,15 +183,8 @@ ENTRY_POINTS = {
     "charged": ["experiments/charged.py", f"--flagfile={_FLAGS}/test.flags", "--system=charged"],
     "table": ["experiments/table.py", f"--flagfile={_FLAGS}/table_test.flags"],
     "hidden_node": ["experiments/hidden_node.py", f"--flagfile={_FLAGS}/hidden_node_demo.flags"],
-    "generate": [
-        "-m",
-        "nri_modular.data.generate",
-        "--num_train=4",
-        "--num_valid=2",
-        "--num_test=2",
-        "--train_steps=300",
-        "--test_steps=300",
-    ],  # fmt: skip
+    "generate": ["-m", "nri_modular.data.generate", "--num_train=4", "--num_valid=2",
+                 "--num_test=2", "--train_steps=300", "--test_steps=300"],  # fmt: skip
 }
 
 
