@@ -553,6 +553,10 @@ def meta_test(
         "num_test_tasks": int(test.states.shape[0]),
         "test_search_seconds": search_seconds,
     }
+    if test.sizes is not None and labelled:
+        results["edge_accuracy_by_size"] = metrics.accuracy_by_size(
+            structures, test.labels, mapping, test.sizes
+        )
     if dim_scale is not None:
         results.update(_mse_entries(physical, "_physical"))
     if keep_structures:

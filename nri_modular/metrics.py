@@ -101,6 +101,22 @@ def edge_accuracy(structures, labels, mapping):
     return float((np.asarray(mapping)[np.asarray(structures)[real]] == labels[real]).mean())
 
 
+def accuracy_by_size(structures, labels, mapping, sizes) -> dict[str, float]:
+    """:func:`edge_accuracy` of the systems of each size: ``{"n": accuracy}`` (numpy).
+
+    Args:
+      structures, labels: int ``[N, E]`` (``-1`` labels: padding); mapping: int ``[K]``;
+      sizes: int ``[N]`` objects of each system.
+    """
+    sizes = np.asarray(sizes)
+    return {
+        str(int(n)): edge_accuracy(
+            np.asarray(structures)[sizes == n], np.asarray(labels)[sizes == n], mapping
+        )
+        for n in np.unique(sizes)
+    }
+
+
 def auroc(scores, labels) -> float:
     """Area under the ROC curve of ``scores`` for the binary ``labels`` (ties count 1/2).
 

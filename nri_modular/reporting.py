@@ -21,6 +21,7 @@ def format_run_results(results: dict) -> str:
         f"| edge accuracy (test) | {_percent(results['edge_accuracy'])} |",
         f"| edge accuracy (train structures) | {_percent(results['train_edge_accuracy'])} |",
     ]
+    lines += _by_size(results)
     if results.get("module_usage") is not None:
         usage = ", ".join(f"{100 * u:.1f}%" for u in results["module_usage"])
         lines.append(f"| edges per module (test) | {usage} |")
@@ -50,6 +51,12 @@ def format_train_progress(record: dict, total_steps: int) -> str:
         )
         + f"{record['tasks_per_second']:.0f} tasks/s | eta {_minutes(eta)}"
     )
+
+
+def _by_size(results: dict) -> list[str]:
+    """Table rows of the edge accuracy per system size (systems of different sizes)."""
+    by_size = results.get("edge_accuracy_by_size") or {}
+    return [f"| edge accuracy, {n} objects | {_percent(a)} |" for n, a in by_size.items()]
 
 
 def _percent(value: float | None) -> str:
@@ -143,6 +150,7 @@ def format_evaluation(results: dict) -> str:
         "|---|---|",
         f"| edge accuracy (run's module -> relation map) | {_percent(results['edge_accuracy'])} |",
     ]
+    lines += _by_size(results)
     if results.get("auroc") is not None:
         lines.append(f"| edge existence AUROC | {results['auroc']:.4f} |")
     if results.get("module_usage") is not None:

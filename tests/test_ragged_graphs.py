@@ -180,7 +180,7 @@ def _write_ragged(folder, n=5, seed=0):
 def test_train_search_and_save_systems_of_different_sizes(tmp_path):
     from conftest import flagfile_config
 
-    from nri_modular import evaluate_saved, train
+    from nri_modular import evaluate_saved, reporting, train
     from nri_modular.data import own
 
     folder = _write_ragged(tmp_path / "data")
@@ -203,6 +203,9 @@ def test_train_search_and_save_systems_of_different_sizes(tmp_path):
     workdir = str(tmp_path / "run")
     results = train.train_and_evaluate(config, workdir)
     assert 0.0 <= results["edge_accuracy"] <= 1.0 and np.isfinite(results["mse_1"])
+    by_size = results["edge_accuracy_by_size"]
+    assert set(by_size) == {str(n) for n in np.unique(own.load(folder, "mine").test.sizes)}
+    assert "| edge accuracy, 5 objects |" in reporting.format_run_results(results)
     assert sum(results["module_usage"]) == pytest.approx(1.0)
     evaluated = evaluate_saved.evaluate_run(workdir, folder, split="test", num_plots=1)
     saved = np.load(evaluated["inferred"])
