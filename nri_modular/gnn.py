@@ -499,12 +499,54 @@ def incoming_config_losses(
         a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
         return a.reshape(num_chunks, chunk, *a.shape[1:])
 
-    err = jax.lax.map(errors, tuple(split(a) for a in (proj, base, node_states, target)))
-    err = jnp.moveaxis(err, 1, 0).reshape(-1, num_chunks * chunk)[:, :rows]  # [C, rows]
+    inputs = (proj, base, node_states, target)
+    if sizes is None:
+        err = jax.lax.map(errors, tuple(split(a) for a in inputs))
+        err = jnp.moveaxis(err, 1, 0).reshape(-1, num_chunks * chunk)[:, :rows]  # [C, rows]
+        return err.reshape(-1, b, t, n).mean(axis=2).transpose(1, 2, 0)  # [B, n, C]
+    # Systems of different sizes: node i of a system of s objects has r = s - 1 real
+    # incoming slots, always its first r (senders j < s come first), so only the K^r
+    # settings whose padded slots are 0 differ: configs[c * K^(n-1-r)] (product order).
+    # Rows are sorted by r and each chunk scores the K^r settings of its largest r
+    # (lax.switch), then copies each to the settings that differ only in padded slots.
+    _check_product_order(configs, k)
+    real_slots = jnp.where(sizes.node_mask(n), jnp.asarray(sizes.counts)[:, None] - 1, 0)
+    real_slots = jnp.broadcast_to(real_slots[:, None, :], (b, t, n)).reshape(rows)
+    order = jnp.argsort(real_slots, stable=True)
+    chunk_slots = split(real_slots[order]).max(axis=1)  # [num_chunks]
+
+    def branch(r):
+        canonical = onehot[:: k ** (n - 1 - r)]  # [K^r, (n-1)K]
+
+        def scores(chunk):
+            p, bs, s, y = chunk
+            pre = (canonical @ jnp.moveaxis(p, 1, 0).reshape(m, -1)).reshape(-1, *bs.shape)
+            pred = s[None] + bank.apply_node_rest(params["node"], pre + bs[None])
+            small = penalty(pred - y[None], huber_delta).mean(axis=-1)  # [K^r, chunk]
+            return jnp.repeat(small, k ** (n - 1 - r), axis=0)  # [C, chunk]
+
+        return scores
+
+    branches = [branch(r) for r in range(n)]
+    err = jax.lax.map(
+        lambda a: jax.lax.switch(a[0], branches, a[1]),
+        (chunk_slots, tuple(split(x[order]) for x in inputs)),
+    )
+    err = jnp.moveaxis(err, 1, 0).reshape(-1, num_chunks * chunk)[:, :rows]  # [C, sorted rows]
+    err = err[:, jnp.argsort(order)]  # [C, rows]
     err = err.reshape(-1, b, t, n).mean(axis=2).transpose(1, 2, 0)  # [B, n, C]
-    if sizes is not None:
-        err = err * sizes.node_mask(n)[..., None].astype(err.dtype)
-    return err
+    return err * sizes.node_mask(n)[..., None].astype(err.dtype)
+
+
+def _check_product_order(configs: jax.Array, k: int) -> None:
+    """Raises unless ``configs [C, n-1]`` lists every setting, the last slot fastest
+    (``itertools.product`` order, as :func:`nri_modular.structure.incoming_configs`)."""
+    if isinstance(configs, jax.core.Tracer):
+        raise ValueError("systems of different sizes need concrete incoming configs")
+    c, slots = configs.shape
+    digits = (np.arange(c)[:, None] // k ** np.arange(slots - 1, -1, -1)[None, :]) % k
+    if c != k**slots or not np.array_equal(np.asarray(configs), digits):
+        raise ValueError("configs must be every setting in product order (incoming_configs)")
 
 
 def _check_groups(groups: int, size: int, what: str) -> None:
