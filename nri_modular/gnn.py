@@ -540,10 +540,13 @@ def incoming_config_losses(
 
 def _check_product_order(configs: jax.Array, k: int) -> None:
     """Raises unless ``configs [C, n-1]`` lists every setting, the last slot fastest
-    (``itertools.product`` order, as :func:`nri_modular.structure.incoming_configs`)."""
-    if isinstance(configs, jax.core.Tracer):
-        raise ValueError("systems of different sizes need concrete incoming configs")
+    (``itertools.product`` order, as :func:`nri_modular.structure.incoming_configs`);
+    traced configs (inside a transformation) are checked for their shape only."""
     c, slots = configs.shape
+    if c != k**slots:
+        raise ValueError(f"configs must list all {k}^{slots} settings, got {c}")
+    if isinstance(configs, jax.core.Tracer):
+        return
     digits = (np.arange(c)[:, None] // k ** np.arange(slots - 1, -1, -1)[None, :]) % k
     if c != k**slots or not np.array_equal(np.asarray(configs), digits):
         raise ValueError("configs must be every setting in product order (incoming_configs)")

@@ -221,3 +221,14 @@ def test_train_search_and_save_systems_of_different_sizes(tmp_path):
             dataclasses.replace(config, test_proposal="blocked_gibbs", proposal="blocked_gibbs"),
             str(tmp_path / "run2"),
         )
+
+
+def test_ragged_exact_scores_need_configs_in_product_order(model):
+    bank, params = model
+    states, _ = _padded(10)
+    configs = np.asarray(structure_lib.incoming_configs(N, 2))
+    sizes = graph.Sizes.of(SIZES)
+    with pytest.raises(ValueError, match="product order"):
+        gnn.incoming_config_losses(bank, params, states, jnp.asarray(configs[::-1]), sizes=sizes)
+    with pytest.raises(ValueError, match="all 2"):
+        gnn.incoming_config_losses(bank, params, states, jnp.asarray(configs[:4]), sizes=sizes)
