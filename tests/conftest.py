@@ -254,3 +254,23 @@ def teacher_problem(num_tasks: int = 8, frames: int = 6, num_nodes: int = 4):
     traj = gnn.rollout(bank, teacher, initial, planted, frames - 1)
     states = jnp.concatenate([initial[:, None], traj], axis=1)
     return bank, teacher, np.asarray(planted, np.int32), np.asarray(states, np.float32)
+
+
+def own_config(folder, **overrides):
+    """A tiny test run's config on one's own dataset ``mine`` in ``folder`` (4 objects in
+    3-D by default; 12 / 4 / 4 systems of 8 / 8 / 14 frames)."""
+    kwargs = dict(
+        system="",
+        dataset="mine",
+        data_dir=folder,
+        num_particles=4,
+        state_dim=6,
+        num_train=12,
+        num_valid=4,
+        num_test=4,
+        batch_size=6,
+        obs_frames=8,
+        horizon=5,
+        p=3,
+    )
+    return flagfile_config(**(kwargs | overrides))

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import REPO, flagfile_config
+from conftest import REPO, flagfile_config, own_config
 
 from nri_modular import graph
 from nri_modular.data import datasets, own
@@ -149,30 +149,12 @@ def test_simulated_system_never_writes_into_a_folder_of_own_data(tmp_path):
     assert sorted(os.listdir(folder)) == before
 
 
-def _own_config(folder, **overrides):
-    kwargs = dict(
-        system="",
-        dataset="mine",
-        data_dir=folder,
-        num_particles=4,
-        state_dim=6,
-        num_train=12,
-        num_valid=4,
-        num_test=4,
-        batch_size=6,
-        obs_frames=8,
-        horizon=5,
-        p=3,
-    )
-    return flagfile_config(**(kwargs | overrides))
-
-
 def test_train_and_infer_unlabelled_then_labelled(tmp_path):
     from nri_modular import checkpoints, evaluate_saved, train
 
     folder = _write_loc(tmp_path / "data", vel=False, edges={"test": 2})
     workdir = str(tmp_path / "run")
-    results = train.train_and_evaluate(_own_config(folder), workdir)
+    results = train.train_and_evaluate(own_config(folder), workdir)
     # trained without labels: no map, so no accuracy even where test has labels
     assert results["edge_accuracy"] is None and results["train_edge_accuracy"] is None
     assert results["dataset"] == "mine" and results["system"] == ""
@@ -188,7 +170,7 @@ def test_train_and_infer_unlabelled_then_labelled(tmp_path):
     assert "figure" not in evaluated  # no map: nothing to draw against
     # labelled training data: a map, accuracy, and the same files
     labelled = _write_loc(tmp_path / "labelled", edges={"train": 2, "valid": 2, "test": 2})
-    results = train.train_and_evaluate(_own_config(labelled), str(tmp_path / "run2"))
+    results = train.train_and_evaluate(own_config(labelled), str(tmp_path / "run2"))
     assert 0.0 <= results["edge_accuracy"] <= 1.0 and results["module_to_relation"] is not None
     assert checkpoints.read_run_meta(str(tmp_path / "run2"))["relations"] == {
         "num_types": 2,

@@ -178,25 +178,16 @@ def _write_ragged(folder, n=5, seed=0):
 
 
 def test_train_search_and_save_systems_of_different_sizes(tmp_path):
-    from conftest import flagfile_config
+    from conftest import own_config
 
     from nri_modular import evaluate_saved, reporting, train
     from nri_modular.data import own
 
     folder = _write_ragged(tmp_path / "data")
-    config = flagfile_config(
-        system="",
-        dataset="mine",
-        data_dir=folder,
+    config = own_config(
+        folder,
         num_particles=5,
         state_dim=4,
-        num_train=12,
-        num_valid=4,
-        num_test=4,
-        batch_size=6,
-        obs_frames=8,
-        horizon=5,
-        p=3,
         proposal="exact_sweep",
         test_proposal="exact_local",
     )
