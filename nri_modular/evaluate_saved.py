@@ -144,22 +144,27 @@ def save_inferred(
     :func:`nri_modular.evaluate.edge_penalties`) and ``edge_evidence`` float32 ``[M, E]``
     (> 0: the data favours the edge existing; its AUROC is the results' ``auroc``).
     Systems of different sizes (``sizes [M]``, also saved): ``structures`` and
-    ``relations`` hold ``-1`` on edges that touch a padded object.
+    ``relations`` hold ``-1`` and ``edge_penalties`` / ``edge_evidence`` NaN on edges that
+    touch a padded object.
     """
     structures = np.asarray(structures, np.int32)
     arrays = {"structures": structures}
     if mapping is not None:
         arrays["module_to_relation"] = np.asarray(mapping, np.int32)
         arrays["relations"] = np.asarray(mapping, np.int32)[structures]
+    for name, value in (("edge_penalties", edge_penalties), ("edge_evidence", edge_evidence)):
+        if value is not None:
+            arrays[name] = np.asarray(value, np.float32)
     if sizes is not None:
         real = graph.edge_mask(np.asarray(sizes), graph.num_nodes(structures.shape[1]))
         arrays["sizes"] = np.asarray(sizes, np.int32)
         for name in ("structures", "relations"):
             if name in arrays:
                 arrays[name] = np.where(real, arrays[name], -1).astype(np.int32)
-    for name, value in (("edge_penalties", edge_penalties), ("edge_evidence", edge_evidence)):
-        if value is not None:
-            arrays[name] = np.asarray(value, np.float32)
+        for name in ("edge_penalties", "edge_evidence"):
+            if name in arrays:
+                mask = real if arrays[name].ndim == 2 else real[..., None]
+                arrays[name] = np.where(mask, arrays[name], np.nan).astype(np.float32)
     if labels is not None:
         arrays["labels"] = np.asarray(labels, np.int32)
     atomic.write_atomic(path, lambda f: np.savez(f, **arrays), binary=True)

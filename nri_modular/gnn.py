@@ -210,6 +210,11 @@ def graph_step(
     Returns:
       The same graphs with ``nodes`` advanced one step (``edges`` keep the structure).
     """
+    receivers = graphs.receivers
+    if not isinstance(receivers, jax.core.Tracer) and np.any(np.diff(np.asarray(receivers)) < 0):
+        raise ValueError(
+            "graph_step sums messages into sorted receivers; sort the edges by receiver"
+        )
     if layout is None:
         if not jnp.issubdtype(graphs.edges.dtype, jnp.integer):
             raise ValueError(f"graphs.edges must hold int module indices, got {graphs.edges.dtype}")
@@ -268,6 +273,7 @@ def rollout(
       padded objects).
     """
     _check_structure(initial, structure, bank.num_modules)
+    _check_groups(groups, initial.shape[0], "graphs")
     if sizes is not None and groups != 1:
         raise ValueError(f"tasks of different sizes are laid out as one group, got groups={groups}")
     graphs, node_position = graph_lib.tasks_to_graphs(initial, structure, sizes)

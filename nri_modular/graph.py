@@ -111,6 +111,13 @@ def edge_mask(sizes, n: int):
     return (receivers < size) & (senders < size)
 
 
+def _traced(x) -> bool:
+    """Whether ``x`` is a JAX tracer (its values unknown until run)."""
+    import jax
+
+    return isinstance(x, jax.core.Tracer)
+
+
 def _array_module(x):
     """``jax.numpy`` for JAX arrays (traced too), else ``numpy``."""
     import jax
@@ -250,6 +257,8 @@ def tasks_to_graphs(states, structure, sizes: Sizes | None = None):
     budget = sizes.budget
     if not isinstance(budget, GraphBudget):
         raise ValueError(f"sizes.budget must be a GraphBudget, got {budget!r}")
+    if not _traced(sizes.counts):  # concrete counts: a too-small budget would drop nodes
+        check_budget(np.asarray(sizes.counts), budget)
     sizes = jnp.asarray(sizes.counts, jnp.int32)
     if sizes.shape != (g,):
         raise ValueError(f"sizes must be [{g}] for {g} tasks, got {sizes.shape}")

@@ -187,13 +187,19 @@ def _check_data(config: Config, data) -> None:
             f"dataset has {data.state_dim} state channels per object, config says "
             f"state_dim={config.state_dim}"
         )
-    if train_split.sizes is not None:  # settings that do not handle different sizes yet
-        bouncegrad.check_sizes(
-            train_split.sizes[:1], graph.graph_budget([n]), config_lib.bouncegrad_config(config)
-        )
-        if config.test_proposal == "blocked_gibbs":
+    ragged = [name for name, split in data.splits.items() if split.sizes is not None]
+    if ragged:  # settings that do not handle systems of different sizes yet
+        unsupported = {
+            "--task_shards > 1": config.task_shards > 1,
+            "--proposal=blocked_gibbs": config.proposal == "blocked_gibbs",
+            "--test_proposal=blocked_gibbs": config.test_proposal == "blocked_gibbs",
+            "--node_types": config.node_types > 0,
+        }
+        used = [flag for flag, on in unsupported.items() if on]
+        if used:
             raise ValueError(
-                "systems of different sizes do not support test_proposal=blocked_gibbs yet"
+                f"the {', '.join(ragged)} split(s) hold systems of different sizes, which "
+                f"{', '.join(used)} do not support yet"
             )
     needed = evaluate.frames_needed(config.obs_frames, config.horizon)
     if test.states.shape[1] < needed:

@@ -223,3 +223,41 @@ def test_ragged_exact_scores_need_configs_in_product_order(model):
         gnn.incoming_config_losses(bank, params, states, jnp.asarray(configs[::-1]), sizes=sizes)
     with pytest.raises(ValueError, match="all 2"):
         gnn.incoming_config_losses(bank, params, states, jnp.asarray(configs[:4]), sizes=sizes)
+
+
+def test_review_guards(model, tmp_path):
+    """A too-small budget, unsorted receivers, groups not dividing the graphs, baselines on
+    systems of different sizes: each an error naming it; saved penalties NaN on padding."""
+    from nri_modular import evaluate_saved
+    from nri_modular.baselines import base
+    from nri_modular.data import datasets, own
+
+    bank, params = model
+    states, st = _padded(12)
+    with pytest.raises(ValueError, match="too small"):
+        gnn.rollout(
+            bank, params, states[:, 0], st, 1, sizes=graph.Sizes(SIZES, graph.GraphBudget(10, 48))
+        )
+    graphs, _ = graph.tasks_to_graphs(states[:, 0], st)
+    with pytest.raises(ValueError, match="sorted receivers"):
+        gnn.graph_step(bank, params, graphs._replace(receivers=graphs.receivers[::-1]))
+    with pytest.raises(ValueError, match="divide the 3 graphs"):
+        gnn.rollout(bank, params, states[:3, 0], st[:3], 1, groups=2)
+    data = own.load(_write_ragged(tmp_path / "data"), "mine")
+    with pytest.raises(ValueError, match="handle one size only"):
+        base.check_one_size(data)
+    base.check_one_size(datasets.Dataset("springs", 5, data.normalization, {}))
+    path = str(tmp_path / "inferred.npz")
+    e = N * (N - 1)
+    evaluate_saved.save_inferred(
+        path, np.zeros((4, e), int), [0, 1], None, np.ones((4, e, 2)), np.ones((4, e)), SIZES
+    )
+    saved = np.load(path)
+    real = graph.edge_mask(SIZES, N)
+    assert (
+        np.isnan(saved["edge_penalties"][~real]).all()
+        and np.isnan(saved["edge_evidence"][~real]).all()
+    )
+    assert np.isfinite(saved["edge_penalties"][real]).all() and np.all(
+        saved["relations"][~real] == -1
+    )

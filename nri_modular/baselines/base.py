@@ -244,6 +244,17 @@ def _meta_diff(saved: dict, current: dict) -> str:
     return "; ".join(diffs)
 
 
+def check_one_size(data: datasets.Dataset) -> None:
+    """Raises unless every loaded split's systems have one size: the baselines and the
+    tables do not handle systems of different sizes yet (``experiments/train.py`` does)."""
+    ragged = [name for name, split in data.splits.items() if split.sizes is not None]
+    if ragged:
+        raise ValueError(
+            f"the {', '.join(ragged)} split(s) hold systems of different sizes (sizes_ files): "
+            "the baselines and tables handle one size only; use experiments/train.py"
+        )
+
+
 def evaluate_method(method: Method, data: datasets.Dataset, config: Config) -> dict:
     """Scores a fitted method on the test tasks (the one evaluation path of all methods).
 
@@ -255,6 +266,7 @@ def evaluate_method(method: Method, data: datasets.Dataset, config: Config) -> d
     start = time.time()
     obs, horizon = config.obs_frames, config.horizon
     test = data.test
+    check_one_size(data)
     if test.num_frames <= obs + horizon:
         raise ValueError(
             f"test trajectories have {test.num_frames} frames; need more than obs_frames + "
