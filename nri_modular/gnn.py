@@ -263,8 +263,9 @@ def rollout(
     Args:
       initial: ``[G, n, state_dim]`` (objects past ``sizes[g]`` are padding).
       structure: int32 ``[G, n(n-1)]``.
-      groups: edge layouts per ``groups`` consecutive sets of graphs (must divide ``G``;
-        see :func:`make_layout`): the same result, device-local when they are sharded.
+      groups: one super-graph (and edge layout) per ``groups`` consecutive sets of graphs,
+        vmapped (must divide ``G``; see :func:`make_layout`): the same result, and every
+        gather and sum stays within a group, device-local when the groups are sharded.
         Only 1 with ``sizes``.
       sizes: objects per task and the static padded totals (None: every task has ``n``).
 
@@ -276,6 +277,14 @@ def rollout(
     _check_groups(groups, initial.shape[0], "graphs")
     if sizes is not None and groups != 1:
         raise ValueError(f"tasks of different sizes are laid out as one group, got groups={groups}")
+    if groups > 1:  # one super-graph per group, vmapped: gathers stay within a group's tasks
+        g, n, d = initial.shape
+        per_group = jax.vmap(
+            lambda x, st: rollout(
+                bank, params, x, st, num_steps, block_rows=block_rows, edge_compute=edge_compute
+            )
+        )(initial.reshape(groups, g // groups, n, d), structure.reshape(groups, g // groups, -1))
+        return per_group.reshape(g, num_steps, n, d)
     graphs, node_position = graph_lib.tasks_to_graphs(initial, structure, sizes)
     layout = make_layout(graphs.edges, bank.num_modules, block_rows, groups)
 
