@@ -254,15 +254,21 @@ def check_sizes(counts, budget, config: BounceGradConfig):
         return None
     if budget is None:
         raise ValueError("a batch of systems of different sizes needs its graph budget")
-    unsupported = {
-        "task_shards > 1": config.task_shards > 1,
-        "proposal=blocked_gibbs": config.proposal == "blocked_gibbs",
-        "node_types": config.node_types > 0,
-    }
-    used = [name for name, on in unsupported.items() if on]
+    used = unsupported_with_sizes(config)
     if used:
         raise ValueError(f"systems of different sizes do not support {', '.join(used)} yet")
     return graph_lib.Sizes(counts, budget)
+
+
+def unsupported_with_sizes(config: BounceGradConfig) -> list[str]:
+    """The settings of ``config`` that do not handle systems of different sizes yet, as
+    flags (``--task_shards > 1``, ``--proposal=blocked_gibbs``, ``--node_types``)."""
+    unsupported = {
+        "--task_shards > 1": config.task_shards > 1,
+        "--proposal=blocked_gibbs": config.proposal == "blocked_gibbs",
+        "--node_types": config.node_types > 0,
+    }
+    return [flag for flag, on in unsupported.items() if on]
 
 
 def init_train_state(

@@ -99,8 +99,8 @@ def batch_sizes(sizes: np.ndarray | None, idx: np.ndarray, put=jnp.asarray):
     """The :class:`~nri_modular.graph.Sizes` of tasks ``idx`` (None for systems of one size)."""
     if sizes is None:
         return None
-    counts = np.asarray(sizes)[idx]
-    return graph_lib.Sizes(put(counts.astype(np.int32)), graph_lib.graph_budget(counts))
+    host = graph_lib.Sizes.of(np.asarray(sizes)[idx])
+    return host.replace(counts=put(host.counts))
 
 
 def edge_penalties(

@@ -155,23 +155,27 @@ def graph_budget(sizes) -> GraphBudget:
     Leaves room for jraph's padding graph (at least one padding node, which receives every
     padding edge).
     """
-    sizes = np.asarray(sizes, np.int64)
-    if sizes.ndim != 1 or not sizes.size or sizes.min() < 2:
-        raise ValueError(f"sizes must be a non-empty [G] array of values >= 2, got {sizes}")
-    edges = int((sizes * (sizes - 1)).sum())
-    return GraphBudget(bucket(int(sizes.sum()) + 1), bucket(edges))
+    nodes, edges = _needed(sizes)
+    return GraphBudget(bucket(nodes), bucket(edges))
 
 
 def check_budget(sizes, budget: GraphBudget) -> None:
     """Host side: ``budget`` holds the tasks of ``sizes`` (a too-small budget drops nodes)."""
-    need = graph_budget(sizes)
-    sizes = np.asarray(sizes, np.int64)
-    nodes, edges = int(sizes.sum()) + 1, int((sizes * (sizes - 1)).sum())
+    nodes, edges = _needed(sizes)
     if budget.nodes < nodes or budget.edges < edges:
         raise ValueError(
             f"graph budget {tuple(budget)} is too small for tasks of {nodes - 1} objects and "
-            f"{edges} edges (use graph_budget(sizes) = {tuple(need)})"
+            f"{edges} edges (use graph_budget(sizes) = {tuple(graph_budget(sizes))})"
         )
+
+
+def _needed(sizes) -> tuple[int, int]:
+    """The least ``(nodes, edges)`` budget of tasks of ``sizes`` objects: their nodes plus
+    jraph's padding node, and their directed edges."""
+    sizes = np.asarray(sizes, np.int64)
+    if sizes.ndim != 1 or not sizes.size or sizes.min() < 2:
+        raise ValueError(f"sizes must be a non-empty [G] array of values >= 2, got {sizes}")
+    return int(sizes.sum()) + 1, int((sizes * (sizes - 1)).sum())
 
 
 @flax.struct.dataclass

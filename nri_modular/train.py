@@ -187,15 +187,11 @@ def _check_data(config: Config, data) -> None:
             f"dataset has {data.state_dim} state channels per object, config says "
             f"state_dim={config.state_dim}"
         )
-    ragged = [name for name, split in data.splits.items() if split.sizes is not None]
+    ragged = data.ragged_splits
     if ragged:  # settings that do not handle systems of different sizes yet
-        unsupported = {
-            "--task_shards > 1": config.task_shards > 1,
-            "--proposal=blocked_gibbs": config.proposal == "blocked_gibbs",
-            "--test_proposal=blocked_gibbs": config.test_proposal == "blocked_gibbs",
-            "--node_types": config.node_types > 0,
-        }
-        used = [flag for flag, on in unsupported.items() if on]
+        used = bouncegrad.unsupported_with_sizes(config_lib.bouncegrad_config(config))
+        if config.test_proposal == "blocked_gibbs":
+            used.append("--test_proposal=blocked_gibbs")
         if used:
             raise ValueError(
                 f"the {', '.join(ragged)} split(s) hold systems of different sizes, which "
@@ -490,10 +486,9 @@ def _put_batch(mesh, ids: np.ndarray, states, labels: np.ndarray, sizes: np.ndar
     states_arr, labels_arr = distributed.put_batch(mesh, (states, labels), rows=ids)
     if sizes is None:
         return bouncegrad.Batch(task_ids, states_arr, labels_arr), None
-    (sizes_arr,) = distributed.put_batch(mesh, (sizes[ids],))
-    return bouncegrad.Batch(task_ids, states_arr, labels_arr, sizes_arr), graph.graph_budget(
-        sizes[ids]
-    )
+    batch_sizes = graph.Sizes.of(sizes[ids])
+    (counts,) = distributed.put_batch(mesh, (batch_sizes.counts,))
+    return bouncegrad.Batch(task_ids, states_arr, labels_arr, counts), batch_sizes.budget
 
 
 def _record(window, window_start, step, steps_per_epoch, config) -> dict:

@@ -247,7 +247,7 @@ def _meta_diff(saved: dict, current: dict) -> str:
 def check_one_size(data: datasets.Dataset) -> None:
     """Raises unless every loaded split's systems have one size: the baselines and the
     tables do not handle systems of different sizes yet (``experiments/train.py`` does)."""
-    ragged = [name for name, split in data.splits.items() if split.sizes is not None]
+    ragged = data.ragged_splits
     if ragged:
         raise ValueError(
             f"the {', '.join(ragged)} split(s) hold systems of different sizes (sizes_ files): "

@@ -238,6 +238,11 @@ class Dataset:
         return self.splits[split]
 
     @property
+    def ragged_splits(self) -> list[str]:
+        """The loaded splits whose systems have different sizes (a ``sizes`` array)."""
+        return [name for name, split in self.splits.items() if split.sizes is not None]
+
+    @property
     def train(self) -> Split:
         return self["train"]
 
