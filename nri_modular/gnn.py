@@ -15,10 +15,10 @@ partly empty blocks), each block is one batched matmul with its module's weights
 costs ~1x the FLOPs of the chosen modules instead of Kx for computing every module on every
 edge (``edge_compute="all"``, kept for comparison).
 
-With ``groups = V > 1`` the rows are ``V`` equal contiguous groups (groups of tasks) and
-each group is sorted into blocks on its own (a layout batched over a leading group axis):
-when the group axis is split over devices, every device sorts and computes only its own
-edges, with no communication. Same messages, other block boundaries.
+With ``groups = V > 1`` (:func:`rollout`) the tasks are ``V`` equal contiguous groups, each
+its own super-graph with its own edge layout, vmapped over a leading group axis: when that
+axis is split over devices, every device sorts and computes only its own edges, with no
+communication. Same messages, other block boundaries.
 """
 
 from __future__ import annotations
@@ -47,8 +47,6 @@ class EdgeLayout:
       block_module: int32 ``[num_blocks]``, the module every row of a block uses.
       module: int32 ``[rows]``, the module of each row (for ``edge_compute="all"``).
       block_rows: static rows per block.
-      groups: static ``V``; for ``V > 1`` ``position``, ``source`` and ``block_module`` have a
-        leading ``[V]`` axis and refer to the group's own ``rows / V`` rows and block slots.
     """
 
     position: jax.Array
@@ -56,29 +54,19 @@ class EdgeLayout:
     block_module: jax.Array
     module: jax.Array
     block_rows: int = flax.struct.field(pytree_node=False)
-    groups: int = flax.struct.field(pytree_node=False, default=1)
 
 
-def make_layout(
-    module: jax.Array, num_modules: int, block_rows: int = 512, groups: int = 1
-) -> EdgeLayout:
+def make_layout(module: jax.Array, num_modules: int, block_rows: int = 512) -> EdgeLayout:
     """Groups edge rows by module into blocks.
 
     Args:
       module: int32 ``[rows]`` module index of each edge row (values in ``[0, K)``).
       num_modules: K.
       block_rows: maximum rows per block (smaller for small inputs).
-      groups: ``V``; sort each of ``V`` equal contiguous row groups on its own.
 
     Returns:
-      An :class:`EdgeLayout` with ``ceil(rows / b) + K - 1`` blocks of ``b`` rows (per group).
+      An :class:`EdgeLayout` with ``ceil(rows / b) + K - 1`` blocks of ``b`` rows.
     """
-    _check_groups(groups, module.shape[0], "edge rows")
-    if groups > 1:
-        per_group = jax.vmap(lambda m: make_layout(m, num_modules, block_rows))(
-            module.reshape(groups, -1)
-        )
-        return per_group.replace(module=module.astype(jnp.int32), groups=groups)
     rows = module.shape[0]
     b = max(8, min(block_rows, -(-rows // (4 * num_modules)) // 8 * 8 + 8))
     num_blocks = -(-rows // b) + num_modules - 1
@@ -139,31 +127,19 @@ def edge_messages(
       ``[rows, message_dim]``.
     """
     if edge_compute == "blocked":
-        # One layout, or one per group (leading [V] axis): the same permutations, vmapped.
-        v = layout.groups
-        permute = _permute_rows if v == 1 else jax.vmap(_permute_rows)
-        group = (lambda a: a) if v == 1 else (lambda a: a.reshape(v, -1, a.shape[-1]))
-        padded = permute(group(x), layout.source, layout.position)
-        blocks = padded.reshape(-1, layout.block_rows, x.shape[1])  # [(V x) blocks, b, 2d]
-        out = bank.apply_edge_blocks(edge_params, layout.block_module.reshape(-1), blocks)
-        out = permute(group(out.reshape(-1, out.shape[-1])), layout.position, layout.source)
-        return out.reshape(x.shape[0], -1)
+        padded = _permute_rows(x, layout.source, layout.position)
+        blocks = padded.reshape(-1, layout.block_rows, x.shape[1])  # [blocks, b, 2d]
+        out = bank.apply_edge_blocks(edge_params, layout.block_module, blocks)
+        return _permute_rows(out.reshape(-1, out.shape[-1]), layout.position, layout.source)
     if edge_compute == "all":
         every = bank.apply_edge_all(edge_params, x)  # [K, rows, H]
         return jnp.take_along_axis(every, layout.module[None, :, None], axis=0)[0]
     raise ValueError(f"unknown edge_compute {edge_compute!r}; expected one of {EDGE_COMPUTE_KINDS}")
 
 
-def task_layout(
-    structure: jax.Array, num_modules: int, block_rows: int = 512, groups: int = 1
-) -> EdgeLayout:
-    """Layout of ``[G, n(n-1)]`` structures flattened graph-major (row = g * E + e).
-
-    ``groups`` (must divide ``G``): sort each of ``groups`` consecutive sets of graphs on
-    its own (see :func:`make_layout`).
-    """
-    _check_groups(groups, structure.shape[0], "graphs")
-    return make_layout(structure.reshape(-1), num_modules, block_rows, groups)
+def task_layout(structure: jax.Array, num_modules: int, block_rows: int = 512) -> EdgeLayout:
+    """Layout of ``[G, n(n-1)]`` structures flattened graph-major (row = g * E + e)."""
+    return make_layout(structure.reshape(-1), num_modules, block_rows)
 
 
 def message_passing_step(
@@ -286,7 +262,7 @@ def rollout(
         )(initial.reshape(groups, g // groups, n, d), structure.reshape(groups, g // groups, -1))
         return per_group.reshape(g, num_steps, n, d)
     graphs, node_position = graph_lib.tasks_to_graphs(initial, structure, sizes)
-    layout = make_layout(graphs.edges, bank.num_modules, block_rows, groups)
+    layout = make_layout(graphs.edges, bank.num_modules, block_rows)
 
     def body(nodes, _):
         nodes = graph_step(
@@ -453,7 +429,7 @@ def incoming_config_losses(
       chunk_rows: rows per chunk of the per-setting node pass (``0``: no chunking).
       groups: compute each of ``groups`` consecutive sets of tasks on its own (batched
         over a leading group axis; must divide ``B``): the same scores, and device-local
-        when the groups are split over devices (see :func:`make_layout`).
+        when the groups are split over devices (see :func:`rollout`).
       huber_delta: ``None``: squared error; else the Huber penalty of :func:`penalty`.
       sizes: objects per task (None: all ``n``). Edges from padded objects send nothing
         (every setting of them scores the same) and padded nodes score 0.

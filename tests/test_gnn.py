@@ -206,12 +206,11 @@ def test_incoming_config_losses_score_every_setting(model, stride, chunk_rows):
 
 @pytest.mark.parametrize("edge_compute", ["blocked", "all"])
 def test_grouped_layouts_give_the_same_rollout_and_gradient(model, edge_compute):
-    """Sorting each of 3 groups of tasks on its own (what keeps the blocked dispatch
-    device-local) changes the blocks, not the messages, the loss or its gradient."""
+    """One super-graph and edge layout per each of 3 groups of tasks (what keeps the
+    blocked dispatch device-local) changes the blocks, not the messages, the loss or its
+    gradient."""
     bank, params = model
     states, st = _states(4, 6, t=8), _structure(5, 6)
-    layout = gnn.task_layout(st, 3, 8, groups=3)
-    chex.assert_shape([layout.position, layout.block_module], [(3, 2 * E), (3, None)])
 
     def loss(p, groups):
         return gnn.rollout_loss(
@@ -221,12 +220,12 @@ def test_grouped_layouts_give_the_same_rollout_and_gradient(model, edge_compute)
     chex.assert_trees_all_close(loss(params, 3), loss(params, 1), rtol=1e-5)
     grads = [jax.grad(lambda p, g=g: loss(p, g).mean())(params) for g in (1, 3)]
     chex.assert_trees_all_close(grads[1], grads[0], rtol=1e-4, atol=1e-7)
-    with pytest.raises(ValueError, match="groups=4 must be >= 1 and divide the 6 graphs"):
-        gnn.task_layout(st, 3, 8, groups=4)
-    with pytest.raises(ValueError, match="groups=5 must be >= 1 and divide the 72 edge rows"):
-        gnn.make_layout(st.reshape(-1), 3, 8, groups=5)
+    with pytest.raises(ValueError, match="groups=4 must be >= 1 and divide the 6 tasks"):
+        loss(params, 4)
+    with pytest.raises(ValueError, match="groups=5 must be >= 1 and divide the 6 graphs"):
+        gnn.rollout(bank, params, states[:, 0], st, 1, groups=5)
     with pytest.raises(ValueError, match="groups=0 must be >= 1"):
-        gnn.make_layout(st.reshape(-1), 3, 8, groups=0)
+        gnn.rollout(bank, params, states[:, 0], st, 1, groups=0)
 
 
 def test_grouped_exact_scores_equal_one_group(model):
